@@ -1,0 +1,1 @@
+"""fixloop's entry points: the command line now; the repair loop, chat and bots build on it."""

@@ -1,0 +1,253 @@
+"""What a check looks at: the candidate, its optional source, edit mask, references and history.
+
+Images are decoded once and brought to one common *analysis size* once: when the candidate and the
+source differ in size (a backend returns 1024x1536 for a 1000x1500 input), both are compared at the
+smaller of the two, so that resampling alone never looks like blur. Derived views (grey, CIELAB,
+linear light) and model analyses are computed on first use and cached on the context, so checks that
+need the same thing share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import cv2
+import numpy as np
+
+from checks.images import DecodedImage, InputError, decoded_from_array, load_image, load_mask
+
+# Largest side at which checks measure; bigger inputs are measured at this size.
+DEFAULT_MAX_SIDE = 2048
+# Candidate and source whose aspect ratios differ by more than this are not pixel-aligned.
+ASPECT_TOLERANCE = 0.03
+
+
+class AnalysisImage:
+    """One image at the analysis size, with lazily computed, cached views."""
+
+    def __init__(self, decoded: DecodedImage, size: tuple[int, int]):
+        self.decoded = decoded
+        self.path = decoded.path
+        self.original_size = decoded.size
+        self.size = size
+        self.rgb = _resize(decoded.rgb, size)
+        self.alpha = None if decoded.alpha is None else _resize(decoded.alpha, size)
+
+    @cached_property
+    def uint8(self) -> np.ndarray:
+        return np.clip(np.rint(self.rgb * 255.0), 0, 255).astype(np.uint8)
+
+    @cached_property
+    def gray(self) -> np.ndarray:
+        """Luma (Rec. 601 weights, as OpenCV), float32 in [0, 1]."""
+        return cv2.cvtColor(self.rgb, cv2.COLOR_RGB2GRAY)
+
+    @cached_property
+    def linear(self) -> np.ndarray:
+        """Linear-light RGB (sRGB transfer removed)."""
+        rgb = self.rgb
+        return np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+    @cached_property
+    def luminance(self) -> np.ndarray:
+        """Relative luminance Y (Rec. 709 primaries, linear light)."""
+        lin = self.linear
+        return (0.2126 * lin[..., 0] + 0.7152 * lin[..., 1] + 0.0722 * lin[..., 2]).astype(np.float32)
+
+    @cached_property
+    def lab(self) -> np.ndarray:
+        """CIELAB (D65), L* in [0, 100]."""
+        from skimage.color import rgb2lab
+
+        return rgb2lab(self.rgb).astype(np.float32)
+
+
+def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (array.shape[1], array.shape[0]) == size:
+        return array
+    shrinking = size[0] <= array.shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
+    out = cv2.resize(array, size, interpolation=interpolation)
+    return np.clip(out, 0, 1) if out.dtype != np.uint8 else out
+
+
+def analysis_size(sizes: Sequence[tuple[int, int]], max_side: int) -> tuple[int, int]:
+    """The smallest of the given (w, h) sizes by area, capped so its long side is <= max_side."""
+    w, h = min(sizes, key=lambda s: s[0] * s[1])
+    scale = min(1.0, max_side / max(w, h))
+    return (max(1, round(w * scale)), max(1, round(h * scale)))
+
+
+@dataclass
+class CheckContext:
+    """Everything one run of the checks looks at, decoded once and shared between checks."""
+
+    candidate: AnalysisImage
+    source: AnalysisImage | None = None
+    mask: np.ndarray | None = None  # bool, analysis size, True = the edit was allowed here
+    references: list[AnalysisImage] = field(default_factory=list)
+    history: list[AnalysisImage] = field(default_factory=list)  # earlier passes, oldest first
+    notes: list[str] = field(default_factory=list)  # facts about the inputs worth reporting
+    mask_path: str | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The analysis size (w, h) every array of the context has."""
+        return self.candidate.size
+
+    @property
+    def scale_to_candidate(self) -> float:
+        """Multiply analysis coordinates by this to get candidate-pixel coordinates."""
+        return self.candidate.original_size[0] / self.size[0]
+
+    @property
+    def aligned(self) -> bool:
+        """True when a source exists and its framing matches the candidate's (same aspect ratio)."""
+        if self.source is None:
+            return False
+        return not any("aspect" in note for note in self.notes)
+
+    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Compute ``key`` once per context and hand the same result to every check that asks."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def unedited_region(self, margin: float = 0.02, min_fraction: float = 0.10) -> np.ndarray:
+        """Pixels the edit was not allowed to touch: outside the mask grown by ``margin`` of the
+        image diagonal. Falls back to the whole image when no mask is given or too little is left.
+        """
+
+        def compute() -> np.ndarray:
+            whole = np.ones(self.size[::-1], dtype=bool)
+            if self.mask is None:
+                return whole
+            radius = max(1, round(margin * float(np.hypot(*self.size))))
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+            grown = cv2.dilate(self.mask.astype(np.uint8), kernel).astype(bool)
+            outside = ~grown
+            return outside if outside.mean() >= min_fraction else whole
+
+        return self.shared(f"unedited_region:{margin}:{min_fraction}", compute)
+
+    def candidate_box(self, box: Sequence[float]) -> list[int]:
+        """Analysis-size box [x0, y0, x1, y1] -> candidate-pixel box, clipped to the image."""
+        s = self.scale_to_candidate
+        w, h = self.candidate.original_size
+        x0, y0, x1, y1 = box
+        return [
+            int(max(0, min(w, np.floor(x0 * s)))),
+            int(max(0, min(h, np.floor(y0 * s)))),
+            int(max(0, min(w, np.ceil(x1 * s)))),
+            int(max(0, min(h, np.ceil(y1 * s)))),
+        ]
+
+    def candidate_mask(self, mask: np.ndarray) -> np.ndarray:
+        """Analysis-size bool mask -> candidate-resolution bool mask."""
+        w, h = self.candidate.original_size
+        if mask.shape == (h, w):
+            return mask.astype(bool)
+        return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        candidate: DecodedImage,
+        source: DecodedImage | None = None,
+        mask: np.ndarray | None = None,
+        references: Sequence[DecodedImage] = (),
+        history: Sequence[DecodedImage] = (),
+        max_side: int = DEFAULT_MAX_SIDE,
+        mask_name: str = "mask",
+    ) -> "CheckContext":
+        """Bring decoded inputs to the analysis size and validate how they fit together."""
+        notes: list[str] = []
+        sizes = [candidate.size]
+        if source is not None:
+            cw, ch = candidate.size
+            sw, sh = source.size
+            if abs((cw / ch) / (sw / sh) - 1.0) > ASPECT_TOLERANCE:
+                notes.append(
+                    f"candidate aspect {cw}x{ch} differs from source aspect {sw}x{sh}: "
+                    "pixel-aligned comparisons are skipped"
+                )
+            else:
+                sizes.append(source.size)
+        size = analysis_size(sizes, max_side)
+        if source is not None and source.size != candidate.size and not notes:
+            notes.append(f"candidate {candidate.size[0]}x{candidate.size[1]} and source "
+                         f"{source.size[0]}x{source.size[1]} compared at {size[0]}x{size[1]}")
+        analysed_mask = None
+        if mask is not None:
+            base = source if source is not None else candidate
+            expected = (base.size[1], base.size[0])
+            if mask.shape != expected:
+                what = "source" if source is not None else "candidate"
+                raise InputError(
+                    f"{mask_name} is {mask.shape[1]}x{mask.shape[0]} but the {what} is "
+                    f"{expected[1]}x{expected[0]}: export the mask at the {what}'s size"
+                )
+            if not mask.any():
+                raise InputError(f"{mask_name} is empty (no white pixels): paint the area the edit was allowed to change in white")
+            analysed_mask = _resize(mask.astype(np.float32), size) >= 0.5
+        return cls(
+            candidate=AnalysisImage(candidate, size),
+            source=None if source is None else AnalysisImage(source, size),
+            mask=analysed_mask,
+            references=[AnalysisImage(r, _fit(r.size, max_side)) for r in references],
+            history=[AnalysisImage(h, size) for h in history],
+            notes=notes,
+        )
+
+    @classmethod
+    def from_paths(
+        cls,
+        candidate: str | Path,
+        source: str | Path | None = None,
+        mask: str | Path | None = None,
+        references: Sequence[str | Path] = (),
+        history: Sequence[str | Path] = (),
+        max_side: int = DEFAULT_MAX_SIDE,
+    ) -> "CheckContext":
+        """Decode every input file once; raises :class:`InputError` on bad input."""
+        ctx = cls.build(
+            load_image(candidate, "candidate"),
+            None if source is None else load_image(source, "source"),
+            None if mask is None else load_mask(mask),
+            [load_image(r, "reference") for r in references],
+            [load_image(h, "history image") for h in history],
+            max_side=max_side,
+            mask_name="mask" if mask is None else f"mask {str(mask)!r}",
+        )
+        ctx.mask_path = None if mask is None else str(mask)
+        return ctx
+
+    @classmethod
+    def from_arrays(
+        cls,
+        candidate: np.ndarray,
+        source: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        references: Sequence[np.ndarray] = (),
+        history: Sequence[np.ndarray] = (),
+        max_side: int = DEFAULT_MAX_SIDE,
+    ) -> "CheckContext":
+        """In-process entry: uint8 (or [0, 1] float) RGB/RGBA arrays; the mask is bool or 0/255."""
+        return cls.build(
+            decoded_from_array(candidate),
+            None if source is None else decoded_from_array(source),
+            None if mask is None else (np.asarray(mask) > (127 if np.asarray(mask).dtype == np.uint8 else 0.5)),
+            [decoded_from_array(r) for r in references],
+            [decoded_from_array(h) for h in history],
+            max_side=max_side,
+        )
+
+
+def _fit(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    return analysis_size([size], max_side)

@@ -1,0 +1,124 @@
+"""Run the registered checks over one context and turn their results into a :class:`Report`.
+
+A check that raises :class:`CheckSkipped`, or lacks a required input, is ``skipped`` with the
+reason. Any other exception makes that check ``error`` and the verdict ``error``: a crashed
+detector must never look like a clean image.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from checks.base import REGISTRY, CheckSkipped, Finding
+from checks.context import CheckContext
+from checks.policy import Policy, load_policy
+from checks.report import CheckRun, CheckStatus, InputSummary, Report
+
+INPUT_HINTS = {
+    "source": "needs the image before the edit (--source)",
+    "mask": "needs the edit mask (--mask)",
+    "references": "needs identity reference images (--reference)",
+    "history": "needs earlier passes (--history)",
+}
+
+
+def _missing_input(ctx: CheckContext, requirement: str) -> str | None:
+    if requirement == "source":
+        if ctx.source is None:
+            return INPUT_HINTS["source"]
+        if not ctx.aligned:
+            return "candidate and source are framed differently (aspect ratio changed), so pixels cannot be compared"
+        return None
+    if requirement == "mask":
+        return INPUT_HINTS["mask"] if ctx.mask is None else None
+    if requirement == "references":
+        return INPUT_HINTS["references"] if not ctx.references else None
+    if requirement == "history":
+        return INPUT_HINTS["history"] if not ctx.history else None
+    raise ValueError(f"unknown requirement {requirement!r}")
+
+
+def run_checks(
+    ctx: CheckContext,
+    policy: Policy | None = None,
+    names: Sequence[str] | None = None,
+    started: float | None = None,
+) -> Report:
+    """Run the enabled checks (or just ``names``) and return the report with its verdict."""
+    policy = policy or load_policy()
+    started = time.perf_counter() if started is None else started
+    specs = [REGISTRY.get(name) for name in names] if names else list(REGISTRY)
+    findings: list[Finding] = []
+    runs: list[CheckRun] = []
+    for spec in specs:
+        params = policy.params(spec.name)
+        if not params.enabled and not names:
+            continue
+        t0 = time.perf_counter()
+        reason = next((r for r in (_missing_input(ctx, req) for req in spec.requires) if r), None)
+        if reason is not None:
+            runs.append(CheckRun(name=spec.name, status=CheckStatus.skipped, seconds=0.0, reason=reason))
+            continue
+        try:
+            found = spec.function(ctx, params)
+        except CheckSkipped as skipped:
+            runs.append(CheckRun(name=spec.name, status=CheckStatus.skipped,
+                                 seconds=round(time.perf_counter() - t0, 4), reason=str(skipped)))
+            continue
+        except Exception as exc:  # noqa: BLE001 - reported, and it turns the verdict to 'error'
+            runs.append(CheckRun(name=spec.name, status=CheckStatus.error,
+                                 seconds=round(time.perf_counter() - t0, 4),
+                                 error=f"{type(exc).__name__}: {exc}"))
+            continue
+        findings.extend(found)
+        runs.append(CheckRun(name=spec.name, status=CheckStatus.ok,
+                             seconds=round(time.perf_counter() - t0, 4), findings=len(found)))
+    findings.sort(key=lambda f: f.sort_key)
+    return Report(
+        verdict=_verdict(findings, runs, policy),
+        findings=findings,
+        checks=runs,
+        inputs=_summary(ctx),
+        policy=policy.name,
+        seconds=round(time.perf_counter() - started, 4),
+    )
+
+
+def _verdict(findings: list[Finding], runs: list[CheckRun], policy: Policy) -> str:
+    if any(run.status is CheckStatus.error for run in runs):
+        return "error"
+    if any(f.priority in policy.gate.fail_on for f in findings):
+        return "fail"
+    return "pass"
+
+
+def _summary(ctx: CheckContext) -> InputSummary:
+    return InputSummary(
+        candidate=ctx.candidate.path,
+        candidate_size=list(ctx.candidate.original_size),
+        source=None if ctx.source is None else ctx.source.path,
+        source_size=None if ctx.source is None else list(ctx.source.original_size),
+        mask=ctx.mask_path,
+        references=[r.path or "<array>" for r in ctx.references],
+        history=[h.path or "<array>" for h in ctx.history],
+        analysis_size=list(ctx.size),
+        notes=list(ctx.notes),
+    )
+
+
+def check_files(
+    candidate: str,
+    source: str | None = None,
+    mask: str | None = None,
+    references: Sequence[str] = (),
+    history: Sequence[str] = (),
+    policy: Policy | None = None,
+    names: Sequence[str] | None = None,
+) -> Report:
+    """Decode the files once and run the checks: the in-process form of ``fixloop check``."""
+    started = time.perf_counter()
+    policy = policy or load_policy()
+    ctx = CheckContext.from_paths(candidate, source, mask, references, history,
+                                  max_side=policy.analysis.max_side)
+    return run_checks(ctx, policy, names, started=started)

@@ -1,0 +1,130 @@
+"""exposure_drift: the picture got darker or brighter than its source.
+
+Measured in linear light on the pixels the edit was not allowed to change (outside the edit mask,
+or the whole image without one): the exposure change is ``log2(mean Y_candidate / mean Y_source)``
+in EV, the way a photographer counts stops. Highlights newly clipped to white and shadows newly
+crushed to black are counted separately, since a curve change can clip without moving the mean
+much. With earlier passes (``--history``) the same measure is taken for every pass, and a steady
+drift across passes is reported even before it adds up to the limit: repeated low-denoise passes
+are the usual cause, and the fix is to stop looping and correct once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import Field
+
+from checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
+from checks.context import AnalysisImage, CheckContext
+
+CLIPPED_LEVEL = 0.99  # sRGB value at or above which a pixel counts as clipped white (all channels)
+CRUSHED_LEVEL = 0.02  # sRGB value at or below which a pixel counts as crushed black (all channels)
+
+
+class ExposureParams(CheckParams):
+    priority: Priority
+    ev_threshold: float = Field(gt=0, description="EV")
+    clipped_growth: float = Field(gt=0, le=1, description="share of pixels")
+    crushed_growth: float = Field(gt=0, le=1, description="share of pixels")
+    trend_ev_per_pass: float = Field(gt=0, description="EV per pass")
+    trend_min_passes: int = Field(ge=2)
+
+
+@dataclass(frozen=True)
+class ExposureChange:
+    ev: float  # + brighter, - darker
+    clipped_growth: float  # share of pixels newly clipped
+    crushed_growth: float  # share of pixels newly crushed
+    clipped_before: float
+    clipped_after: float
+    crushed_before: float
+    crushed_after: float
+
+
+def _clipped(image: AnalysisImage, region: np.ndarray) -> tuple[float, float]:
+    rgb = image.rgb[region]
+    return float((rgb.min(axis=1) >= CLIPPED_LEVEL).mean()), float((rgb.max(axis=1) <= CRUSHED_LEVEL).mean())
+
+
+def measure_exposure(before: AnalysisImage, after: AnalysisImage, region: np.ndarray) -> ExposureChange:
+    """Exposure change from ``before`` to ``after`` on the pixels in ``region``."""
+    mean_before = float(before.luminance[region].mean())
+    mean_after = float(after.luminance[region].mean())
+    ev = float(np.log2(max(mean_after, 1e-5) / max(mean_before, 1e-5)))
+    clipped_before, crushed_before = _clipped(before, region)
+    clipped_after, crushed_after = _clipped(after, region)
+    return ExposureChange(
+        ev=ev,
+        clipped_growth=clipped_after - clipped_before,
+        crushed_growth=crushed_after - crushed_before,
+        clipped_before=clipped_before,
+        clipped_after=clipped_after,
+        crushed_before=crushed_before,
+        crushed_after=crushed_after,
+    )
+
+
+def pass_trend(evs: list[float]) -> float:
+    """Least-squares slope of the exposure (EV) over pass number."""
+    if len(evs) < 2:
+        return 0.0
+    x = np.arange(len(evs), dtype=np.float64)
+    return float(np.polyfit(x, np.asarray(evs, dtype=np.float64), 1)[0])
+
+
+@register_check("exposure_drift", ExposureParams)
+def check_exposure_drift(ctx: CheckContext, params: ExposureParams):
+    """Exposure change against the source in EV, clipped highlights, crushed shadows, pass trend."""
+    if ctx.source is not None and ctx.aligned:
+        baseline, passes = ctx.source, [*ctx.history, ctx.candidate]
+        baseline_name = "the source"
+    elif ctx.history:
+        baseline, passes = ctx.history[0], [*ctx.history[1:], ctx.candidate]
+        baseline_name = "the first pass"
+    else:
+        raise CheckSkipped("needs the image before the edit (--source) or earlier passes (--history)")
+    region = ctx.unedited_region()
+    change = measure_exposure(baseline, ctx.candidate, region)
+    evs = [0.0] + [measure_exposure(baseline, image, region).ev for image in passes]
+    slope = pass_trend(evs)
+    steps = np.diff(evs)
+    steady = len(passes) >= params.trend_min_passes and (np.all(steps < 0) or np.all(steps > 0))
+    evidence = {
+        "ev_change": round(change.ev, 4),
+        "clipped_before": round(change.clipped_before, 5),
+        "clipped_after": round(change.clipped_after, 5),
+        "crushed_before": round(change.crushed_before, 5),
+        "crushed_after": round(change.crushed_after, 5),
+        "compared_fraction": round(float(region.mean()), 4),
+        "baseline": baseline_name,
+    }
+    if ctx.history:
+        evidence["ev_per_pass"] = [round(v, 4) for v in evs]
+        evidence["ev_slope_per_pass"] = round(slope, 4)
+
+    direction = "darker" if change.ev < 0 else "brighter"
+    # Each reason: (how far past its limit, score, threshold, unit, message)
+    reasons = []
+    if abs(change.ev) >= params.ev_threshold:
+        reasons.append((abs(change.ev) / params.ev_threshold, change.ev, params.ev_threshold, "EV",
+                        f"The image is {abs(change.ev):.2f} EV {direction} than {baseline_name}."))
+    if change.clipped_growth >= params.clipped_growth:
+        reasons.append((change.clipped_growth / params.clipped_growth, change.clipped_growth,
+                        params.clipped_growth, "share of pixels",
+                        f"{change.clipped_growth:.1%} of the image is newly clipped to white."))
+    if change.crushed_growth >= params.crushed_growth:
+        reasons.append((change.crushed_growth / params.crushed_growth, change.crushed_growth,
+                        params.crushed_growth, "share of pixels",
+                        f"{change.crushed_growth:.1%} of the image is newly crushed to black."))
+    if steady and abs(slope) >= params.trend_ev_per_pass:
+        reasons.append((abs(slope) / params.trend_ev_per_pass, slope, params.trend_ev_per_pass, "EV per pass",
+                        f"Exposure drifts {abs(slope):.2f} EV {direction} with every pass over "
+                        f"{len(passes)} passes: stop looping and correct once."))
+    if not reasons:
+        return []
+    _, score, threshold, unit, message = max(reasons, key=lambda r: r[0])
+    evidence["reasons"] = [r[4] for r in reasons]
+    return [make_finding("exposure_drift", params, score=score, threshold=threshold, unit=unit,
+                         message=message, evidence=evidence)]

@@ -1,0 +1,127 @@
+"""Decoding images once, the same way for every input.
+
+Every file goes through :func:`load_image`: EXIF orientation applied, grey / palette / RGBA / CMYK /
+16-bit / float inputs turned into RGB float32 in [0, 1] (sRGB-encoded) plus an optional alpha
+channel. Anything that cannot be read raises :class:`InputError` with a one-line message that names
+the file and says what to do.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# A decoded image larger than this is refused as a likely decompression bomb (about 16k x 16k).
+MAX_PIXELS = 268_000_000
+
+
+class InputError(Exception):
+    """Bad input: the message is one line naming the file and what to do."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded file at its own resolution."""
+
+    path: str | None
+    rgb: np.ndarray  # H x W x 3 float32 in [0, 1], sRGB-encoded
+    alpha: np.ndarray | None  # H x W float32 in [0, 1], None when the file has no transparency
+    mode: str  # the file's own PIL mode, for reports
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)"""
+        return (self.rgb.shape[1], self.rgb.shape[0])
+
+
+def load_image(path: str | Path, role: str = "image") -> DecodedImage:
+    """Decode ``path`` into a :class:`DecodedImage`; ``role`` names the input in error messages."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    label = f"{role} {str(path)!r}"
+    if not path.exists():
+        raise InputError(f"{label} does not exist: check the path")
+    if not path.is_file():
+        raise InputError(f"{label} is not a file: pass an image file")
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+                mode = opened.mode
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(
+            f"{label} is too large to decode safely (over {MAX_PIXELS:,} pixels): downscale it first"
+        ) from None
+    except UnidentifiedImageError:
+        raise InputError(f"{label} is not an image Pillow can read: pass a PNG, JPEG, WebP or TIFF") from None
+    except OSError as exc:
+        raise InputError(f"{label} could not be decoded ({exc}): the file is truncated or corrupt, export it again") from None
+    return decoded_from_pil(image, str(path), mode)
+
+
+def decoded_from_pil(image, path: str | None = None, mode: str | None = None) -> DecodedImage:
+    """Turn any PIL image into RGB float32 plus optional alpha."""
+    mode = mode or image.mode
+    alpha = None
+    if image.mode == "P":
+        image = image.convert("RGBA") if "transparency" in image.info else image.convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        alpha = np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0
+        image = image.convert("RGB") if image.mode != "LA" else image.convert("L")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        grey = np.asarray(image, dtype=np.float32)
+        peak = 65535.0 if grey.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        grey = np.clip(grey / peak, 0, 1)
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+    elif image.mode == "F":
+        grey = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+    elif image.mode == "L" or image.mode == "1":
+        grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        rgb = np.repeat(grey[..., None], 3, axis=2)
+    else:
+        # RGB, CMYK, YCbCr, LAB, HSV and the rest: Pillow's own conversion to RGB.
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    if alpha is not None and float(alpha.min()) >= 1.0:
+        alpha = None  # an opaque alpha channel carries no boundary
+    return DecodedImage(path=path, rgb=np.ascontiguousarray(rgb, dtype=np.float32), alpha=alpha, mode=mode)
+
+
+def decoded_from_array(array: np.ndarray, path: str | None = None) -> DecodedImage:
+    """Wrap an in-memory array (H x W x 3/4 uint8 or float in [0, 1]) as a decoded image."""
+    array = np.asarray(array)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[2] not in (3, 4):
+        raise InputError(f"image array has shape {array.shape}: pass H x W x 3 (RGB) or H x W x 4 (RGBA)")
+    scaled = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+    rgb = np.ascontiguousarray(scaled[..., :3])
+    alpha = scaled[..., 3] if array.shape[2] == 4 else None
+    if alpha is not None and float(alpha.min()) >= 1.0:
+        alpha = None
+    return DecodedImage(path=path, rgb=rgb, alpha=alpha, mode="RGBA" if alpha is not None else "RGB")
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """Read an edit mask: white (>= 128) is where the edit was allowed. Returns a bool array.
+
+    A mask given as a transparent PNG in the GPT Image convention (alpha 0 = edit here) is read from
+    its alpha channel instead.
+    """
+    decoded = load_image(path, role="mask")
+    if decoded.alpha is not None and float(np.ptp(decoded.rgb)) < 1e-6:
+        return decoded.alpha < 0.5
+    grey = decoded.rgb.mean(axis=2)
+    return grey >= 0.5
+
+
+def to_uint8(rgb: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8, rounded."""
+    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)

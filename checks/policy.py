@@ -1,0 +1,99 @@
+"""The quality policy: every threshold, priority and gate rule, read from TOML.
+
+The defaults ship as ``checks/default_policy.toml``. A user policy file is laid over the defaults
+(only the keys it names change), so a stricter or looser gate is a short TOML file, never code.
+Each check validates its own section with its pydantic params model (unknown keys are errors).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from checks.base import REGISTRY, CheckParams, Priority
+from checks.images import InputError
+
+DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.toml")
+
+
+class GateRules(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    fail_on: list[Priority] = Field(description="priorities that make the verdict 'fail'")
+
+
+class AnalysisSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_side: int = Field(ge=64, le=16384, description="long side, in pixels, at which checks measure")
+
+
+class Policy(BaseModel):
+    """A validated policy: gate rules, analysis settings and one params object per check."""
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    name: str
+    gate: GateRules
+    analysis: AnalysisSettings
+    checks: dict[str, CheckParams]
+    raw: dict[str, Any] = Field(repr=False, description="the merged TOML, for reports")
+
+    def params(self, check: str) -> CheckParams:
+        return self.checks[check]
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = _merge(base[key], value, f"{where}{key}.")
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"policy {str(path)!r} does not exist: check the path")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"policy {str(path)!r} is not valid TOML ({exc}): fix the file") from None
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """The default policy, with the file at ``path`` (if any) laid over it."""
+    import checks.all  # noqa: F401  (registers every check)
+
+    raw = _read_toml(DEFAULT_POLICY_PATH)
+    name = "default"
+    if path is not None:
+        override = _read_toml(Path(path))
+        raw = _merge(raw, override)
+        name = str(path)
+    label = "default policy" if path is None else f"policy {str(path)!r}"
+    unknown = sorted(set(raw.get("checks", {})) - set(REGISTRY.names()))
+    if unknown:
+        try:
+            REGISTRY.get(unknown[0])
+        except KeyError as exc:
+            raise InputError(f"{label}: [checks.{unknown[0]}] names {exc.args[0]}") from None
+    section = "gate"
+    try:
+        checks: dict[str, CheckParams] = {}
+        for spec in REGISTRY:
+            section = f"checks.{spec.name}"
+            checks[spec.name] = spec.params_model.model_validate(raw.get("checks", {}).get(spec.name, {}))
+        section = "gate"
+        gate = GateRules.model_validate(raw.get("gate", {}))
+        section = "analysis"
+        analysis = AnalysisSettings.model_validate(raw.get("analysis", {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join([section, *(str(p) for p in first["loc"])])
+        raise InputError(f"{label}: {where}: {first['msg']}: fix the value") from None
+    return Policy(name=name, gate=gate, analysis=analysis, checks=checks, raw=raw)
