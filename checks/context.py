@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
-from checks.images import DecodedImage, InputError, decoded_from_array, load_image, load_mask
+from checks.images import DecodedImage, InputError, as_float, decoded_from_array, load_image, load_mask, to_uint8
 
 # Largest side at which checks measure; bigger inputs are measured at this size.
 DEFAULT_MAX_SIDE = 2048
@@ -33,12 +33,24 @@ class AnalysisImage:
         self.path = decoded.path
         self.original_size = decoded.size
         self.size = size
-        self.rgb = _resize(decoded.rgb, size)
+        self.pixels = _resize(decoded.pixels, size)  # uint8, or float32 for deep inputs
         self.alpha = None if decoded.alpha is None else _resize(decoded.alpha, size)
+        self._analyses: dict[str, Any] = {}
+
+    def shared(self, key: str, compute: Callable[[], Any]) -> Any:
+        """Compute an analysis of this image (pose, faces, hands, ...) once and cache it."""
+        if key not in self._analyses:
+            self._analyses[key] = compute()
+        return self._analyses[key]
 
     @cached_property
     def uint8(self) -> np.ndarray:
-        return np.clip(np.rint(self.rgb * 255.0), 0, 255).astype(np.uint8)
+        return to_uint8(self.pixels)
+
+    @cached_property
+    def rgb(self) -> np.ndarray:
+        """float32 RGB in [0, 1], sRGB-encoded"""
+        return as_float(self.pixels)
 
     @cached_property
     def gray(self) -> np.ndarray:
@@ -48,6 +60,8 @@ class AnalysisImage:
     @cached_property
     def linear(self) -> np.ndarray:
         """Linear-light RGB (sRGB transfer removed)."""
+        if self.pixels.dtype == np.uint8:
+            return SRGB_TO_LINEAR[self.pixels]
         rgb = self.rgb
         return np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
@@ -59,10 +73,12 @@ class AnalysisImage:
 
     @cached_property
     def lab(self) -> np.ndarray:
-        """CIELAB (D65), L* in [0, 100]."""
-        from skimage.color import rgb2lab
+        """CIELAB (D65), L* in [0, 100] (OpenCV's float conversion; matches scikit-image to < 0.5)."""
+        return cv2.cvtColor(self.rgb, cv2.COLOR_RGB2Lab)
 
-        return rgb2lab(self.rgb).astype(np.float32)
+
+_levels = np.arange(256, dtype=np.float64) / 255.0
+SRGB_TO_LINEAR = np.where(_levels <= 0.04045, _levels / 12.92, ((_levels + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
 def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -71,7 +87,7 @@ def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     shrinking = size[0] <= array.shape[1]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
     out = cv2.resize(array, size, interpolation=interpolation)
-    return np.clip(out, 0, 1) if out.dtype != np.uint8 else out
+    return out if out.dtype == np.uint8 else np.clip(out, 0, 1)
 
 
 def analysis_size(sizes: Sequence[tuple[int, int]], max_side: int) -> tuple[int, int]:

@@ -44,14 +44,18 @@ class ExposureChange:
 
 
 def _clipped(image: AnalysisImage, region: np.ndarray) -> tuple[float, float]:
-    rgb = image.rgb[region]
-    return float((rgb.min(axis=1) >= CLIPPED_LEVEL).mean()), float((rgb.max(axis=1) <= CRUSHED_LEVEL).mean())
+    """Shares of ``region`` clipped to white and crushed to black (all three channels)."""
+    r, g, b = image.rgb[..., 0], image.rgb[..., 1], image.rgb[..., 2]
+    clipped = np.minimum(np.minimum(r, g), b) >= CLIPPED_LEVEL
+    crushed = np.maximum(np.maximum(r, g), b) <= CRUSHED_LEVEL
+    count = max(int(region.sum()), 1)
+    return float((clipped & region).sum()) / count, float((crushed & region).sum()) / count
 
 
 def measure_exposure(before: AnalysisImage, after: AnalysisImage, region: np.ndarray) -> ExposureChange:
     """Exposure change from ``before`` to ``after`` on the pixels in ``region``."""
-    mean_before = float(before.luminance[region].mean())
-    mean_after = float(after.luminance[region].mean())
+    mean_before = _masked_mean(before.luminance, region)
+    mean_after = _masked_mean(after.luminance, region)
     ev = float(np.log2(max(mean_after, 1e-5) / max(mean_before, 1e-5)))
     clipped_before, crushed_before = _clipped(before, region)
     clipped_after, crushed_after = _clipped(after, region)
@@ -64,6 +68,10 @@ def measure_exposure(before: AnalysisImage, after: AnalysisImage, region: np.nda
         crushed_before=crushed_before,
         crushed_after=crushed_after,
     )
+
+
+def _masked_mean(values: np.ndarray, region: np.ndarray) -> float:
+    return float(values.mean()) if region.all() else float(values[region].mean())
 
 
 def pass_trend(evs: list[float]) -> float:
@@ -86,8 +94,9 @@ def check_exposure_drift(ctx: CheckContext, params: ExposureParams):
     else:
         raise CheckSkipped("needs the image before the edit (--source) or earlier passes (--history)")
     region = ctx.unedited_region()
-    change = measure_exposure(baseline, ctx.candidate, region)
-    evs = [0.0] + [measure_exposure(baseline, image, region).ev for image in passes]
+    changes = [measure_exposure(baseline, image, region) for image in passes]
+    change = changes[-1]
+    evs = [0.0] + [c.ev for c in changes]
     slope = pass_trend(evs)
     steps = np.diff(evs)
     steady = len(passes) >= params.trend_min_passes and (np.all(steps < 0) or np.all(steps > 0))

@@ -27,14 +27,23 @@ class DecodedImage:
     """A decoded file at its own resolution."""
 
     path: str | None
-    rgb: np.ndarray  # H x W x 3 float32 in [0, 1], sRGB-encoded
+    pixels: np.ndarray  # H x W x 3 RGB, sRGB-encoded: uint8 for 8-bit files, float32 in [0, 1] for deeper ones
     alpha: np.ndarray | None  # H x W float32 in [0, 1], None when the file has no transparency
     mode: str  # the file's own PIL mode, for reports
 
     @property
     def size(self) -> tuple[int, int]:
         """(width, height)"""
-        return (self.rgb.shape[1], self.rgb.shape[0])
+        return (self.pixels.shape[1], self.pixels.shape[0])
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """float32 RGB in [0, 1]"""
+        return as_float(self.pixels)
+
+    @property
+    def uint8(self) -> np.ndarray:
+        return to_uint8(self.pixels)
 
 
 def load_image(path: str | Path, role: str = "image") -> DecodedImage:
@@ -79,19 +88,19 @@ def decoded_from_pil(image, path: str | None = None, mode: str | None = None) ->
         grey = np.asarray(image, dtype=np.float32)
         peak = 65535.0 if grey.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
         grey = np.clip(grey / peak, 0, 1)
-        rgb = np.repeat(grey[..., None], 3, axis=2)
+        pixels = np.repeat(grey[..., None], 3, axis=2)
     elif image.mode == "F":
         grey = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
-        rgb = np.repeat(grey[..., None], 3, axis=2)
+        pixels = np.repeat(grey[..., None], 3, axis=2)
     elif image.mode == "L" or image.mode == "1":
-        grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-        rgb = np.repeat(grey[..., None], 3, axis=2)
+        grey = np.asarray(image.convert("L"), dtype=np.uint8)
+        pixels = np.repeat(grey[..., None], 3, axis=2)
     else:
         # RGB, CMYK, YCbCr, LAB, HSV and the rest: Pillow's own conversion to RGB.
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
     if alpha is not None and float(alpha.min()) >= 1.0:
         alpha = None  # an opaque alpha channel carries no boundary
-    return DecodedImage(path=path, rgb=np.ascontiguousarray(rgb, dtype=np.float32), alpha=alpha, mode=mode)
+    return DecodedImage(path=path, pixels=np.ascontiguousarray(pixels), alpha=alpha, mode=mode)
 
 
 def decoded_from_array(array: np.ndarray, path: str | None = None) -> DecodedImage:
@@ -101,12 +110,12 @@ def decoded_from_array(array: np.ndarray, path: str | None = None) -> DecodedIma
         array = np.repeat(array[..., None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] not in (3, 4):
         raise InputError(f"image array has shape {array.shape}: pass H x W x 3 (RGB) or H x W x 4 (RGBA)")
-    scaled = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
-    rgb = np.ascontiguousarray(scaled[..., :3])
-    alpha = scaled[..., 3] if array.shape[2] == 4 else None
+    pixels = array[..., :3] if array.dtype == np.uint8 else np.clip(array[..., :3], 0, 1).astype(np.float32)
+    alpha = as_float(array[..., 3]) if array.shape[2] == 4 else None
     if alpha is not None and float(alpha.min()) >= 1.0:
         alpha = None
-    return DecodedImage(path=path, rgb=rgb, alpha=alpha, mode="RGBA" if alpha is not None else "RGB")
+    return DecodedImage(path=path, pixels=np.ascontiguousarray(pixels), alpha=alpha,
+                        mode="RGBA" if alpha is not None else "RGB")
 
 
 def load_mask(path: str | Path) -> np.ndarray:
@@ -116,12 +125,21 @@ def load_mask(path: str | Path) -> np.ndarray:
     its alpha channel instead.
     """
     decoded = load_image(path, role="mask")
-    if decoded.alpha is not None and float(np.ptp(decoded.rgb)) < 1e-6:
+    rgb = decoded.rgb
+    if decoded.alpha is not None and float(np.ptp(rgb)) < 1e-6:
         return decoded.alpha < 0.5
-    grey = decoded.rgb.mean(axis=2)
-    return grey >= 0.5
+    return rgb.mean(axis=2) >= 0.5
 
 
-def to_uint8(rgb: np.ndarray) -> np.ndarray:
-    """float [0, 1] -> uint8, rounded."""
-    return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """uint8 as is; float [0, 1] -> uint8, rounded."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    return np.clip(np.rint(pixels * 255.0), 0, 255).astype(np.uint8)
+
+
+def as_float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 in [0, 1]; float as float32."""
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.float32) * np.float32(1 / 255)
+    return pixels.astype(np.float32, copy=False)

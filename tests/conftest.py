@@ -29,7 +29,7 @@ def photo_names(category: str | None = None) -> list[str]:
 def _photo(name: str) -> np.ndarray:
     from checks.images import load_image, to_uint8
 
-    return to_uint8(load_image(PHOTOS / name).rgb)
+    return to_uint8(load_image(PHOTOS / name).pixels)
 
 
 def photo(name: str) -> np.ndarray:
