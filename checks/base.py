@@ -14,6 +14,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 
 class Stage(str, Enum):
@@ -113,7 +114,7 @@ class Finding(BaseModel):
     evidence: dict[str, Any] = Field(default_factory=dict, description="the numbers behind the finding")
     check: str = Field(description="registry name of the check that reported it")
     # Full-resolution mask of the region (candidate pixels); written to a PNG by the report writer.
-    mask: np.ndarray | None = Field(default=None, exclude=True, repr=False)
+    mask: SkipJsonSchema[np.ndarray | None] = Field(default=None, exclude=True, repr=False)
 
     @property
     def sort_key(self) -> tuple[int, int, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
+import checks.all  # noqa: F401  (registers every check)
 from checks.base import REGISTRY, CheckSkipped, Finding
 from checks.context import CheckContext
 from checks.policy import Policy, load_policy
