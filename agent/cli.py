@@ -99,6 +99,44 @@ def list_checks() -> None:
     Console().print(table)
 
 
+@app.command("models")
+def list_models(
+    policy: Optional[Path] = typer.Option(None, "--policy", "-p", help="TOML policy whose model paths to use"),
+) -> None:
+    """List every model file the checks use: found or missing, where, its size, and how to install it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from checks.images import InputError
+    from checks.models import MODELS, model_status
+    from checks.policy import load_policy
+
+    try:
+        loaded = load_policy(policy)
+    except InputError as exc:
+        _fail_input(str(exc))
+    # a model path named in the policy (identity checks' insightface_model) is searched first
+    explicit = next((getattr(loaded.params(name), "insightface_model", "") for name in ("identity_drift", "subjects_swapped")
+                     if name in loaded.checks and getattr(loaded.params(name), "insightface_model", "")), None)
+    table = Table(title="fixloop models")
+    found = 0
+    for column in ("model", "used by", "status", "path", "size", "install"):
+        table.add_column(column, overflow="fold")
+    for name in MODELS:
+        status = model_status(name, explicit if name == "insightface_arcface" else None)
+        spec = status.spec
+        if status.found:
+            found += 1
+            size = status.size or 0
+            table.add_row(name, ", ".join(spec.used_by), "[green]found[/green]", str(status.path),
+                          f"{size / 1e6:.1f} MB", "-")
+        else:
+            looked = "not found; looked in: " + ", ".join(str(p) for p in status.looked)
+            table.add_row(name, ", ".join(spec.used_by), "[red]missing[/red]", looked, "-", spec.install)
+    table.caption = f"{found} of {len(MODELS)} model files found"
+    Console().print(table)
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the `check --json` report."""

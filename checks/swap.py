@@ -1,0 +1,242 @@
+"""subjects_swapped: two people exchanged faces, or one person's face now appears twice.
+
+With two or more different people in the image before the edit (the source, or else the
+references) and two or more faces in the candidate, every face is embedded with the identity
+embedder of ``checks/identity.py`` (dlib by default, InsightFace's ArcFace when the policy says so;
+embeddings are shared with ``identity_drift``). The people before the edit are grouped into
+identities (faces the embedder calls one person are one identity), and each candidate face is
+paired with the face that stood at the same place (face centre as a share of the image size,
+optimal assignment). A candidate face that no longer matches its own person but matches another is
+carrying that person's identity:
+
+- both faces carry each other's identity: **swapped** (the left person now has the right person's
+  face and the other way round);
+- the other person still has their own face too: **duplicated** (one identity on two faces, one
+  person gone);
+- otherwise the identity **moved** (part of a longer cycle, or the other person left the frame).
+
+Two candidate faces that the embedder calls one person, although they were two different people
+before, are also reported as duplicated. Without a source, positions come from a reference that
+shows several people in one frame; several single-face references give identities but no positions,
+so only a duplicated identity (two candidate faces matching one reference person) can be told.
+
+Each finding's region covers the faces involved; the repair mask is each face with hairline, chin
+and ears (see ``identity.face_repair_mask``), the input of a per-subject (two-subjects) repair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from checks.base import CheckSkipped, Region, make_finding, register_check
+from checks.context import CheckContext
+from checks.identity import (
+    EmbeddedFace,
+    FaceEmbedder,
+    Identity,
+    IdentityParams,
+    cluster_faces,
+    embedded_faces,
+    face_repair_mask,
+    get_embedder,
+    pair_by_position,
+    position_names,
+    reference_faces,
+    the_face,
+    usable,
+)
+
+
+class SwapParams(IdentityParams):
+    """Embedder, pairing and mask settings, as identity_drift's (own section of the policy)."""
+
+
+@dataclass(frozen=True)
+class SwapEvent:
+    kind: str  # "swapped", "duplicated" or "moved"
+    faces: list[EmbeddedFace]  # the candidate faces involved
+    score: float  # the embedder's score of the face against the person it now looks like
+    own_score: float | None  # ... and against the person who stood there before
+    message: str
+    evidence: dict
+
+
+@dataclass(frozen=True)
+class SwapMeasurement:
+    basis: str
+    people_before: int
+    faces_after: int
+    events: list[SwapEvent]
+    scores: list[list[float]]  # before face x candidate face
+
+
+def _before_faces(ctx: CheckContext, embedder: FaceEmbedder,
+                  min_face_px: float) -> tuple[str, list[tuple[str, EmbeddedFace]], bool]:
+    """The faces before the edit as (label, face), and whether their positions compare with the candidate's."""
+    if ctx.source is not None:
+        kept = usable(embedded_faces(ctx.source, embedder), min_face_px)
+        names = position_names([f.centre for f in kept])
+        return "source", [(f"the person{' ' + n if n else ''} in the source", f) for f, n in zip(kept, names)], True
+    if not ctx.references:
+        raise CheckSkipped("needs the image before the edit (--source) or identity reference images (--reference)")
+    found = reference_faces(ctx, embedder, min_face_px)
+    per_image: dict[int, list] = {}
+    for (image, _), label, face in found:
+        per_image.setdefault(image, []).append((label, face))
+    group = max(per_image.values(), key=len, default=[])
+    if len(group) >= 2:
+        return "references", group, True  # one frame that shows several people: positions mean something
+    return "references", [(label, face) for _, label, face in found], False
+
+
+def measure_swaps(ctx: CheckContext, embedder: FaceEmbedder, params: SwapParams) -> SwapMeasurement:
+    basis, labelled, positioned = _before_faces(ctx, embedder, params.min_face_px)
+    before = [face for _, face in labelled]
+    identities = cluster_faces([((0, i), label, face) for i, (label, face) in enumerate(labelled)], embedder)
+    if len(identities) < 2:
+        raise CheckSkipped(f"the {basis} show{'s' if basis == 'source' else ''} fewer than two different people "
+                           f"(faces at least {params.min_face_px:.0f} px wide): no one to swap with")
+    person = {i: k for k, identity in enumerate(identities) for _, i in identity.members}
+    after = usable(embedded_faces(ctx.candidate, embedder), params.min_face_px)
+    if len(after) < 2:
+        raise CheckSkipped(f"the candidate shows fewer than two faces at least {params.min_face_px:.0f} px wide "
+                           f"(the {basis} show{'s' if basis == 'source' else ''} {len(identities)} people): "
+                           "nothing to compare for a swap")
+    scores = [[embedder.score(b.vector, a.vector) for a in after] for b in before]
+    if positioned:
+        events = _positional_events(embedder, [label for label, _ in labelled], before, after, person, scores,
+                                    params.max_center_shift, basis)
+    else:
+        events = _pooled_events(embedder, identities, after)
+    return SwapMeasurement(basis=basis, people_before=len(identities), faces_after=len(after), events=events,
+                           scores=scores)
+
+
+def _positional_events(embedder: FaceEmbedder, labels: list[str], before: list[EmbeddedFace],
+                       after: list[EmbeddedFace], person: dict[int, int], scores: list[list[float]],
+                       max_shift: float, basis: str) -> list[SwapEvent]:
+    pairs = pair_by_position([b.centre for b in before], [a.centre for a in after], max_shift)
+    at = {i: j for i, j, _ in pairs}  # before face -> the candidate face at its place
+    where = position_names([a.centre for a in after])  # where each candidate face stands
+    carried: dict[int, int] = {}  # before face i -> before face k whose identity the face at i's place now shows
+    for i, j in at.items():
+        if embedder.same(scores[i][j]):
+            continue
+        others = [k for k in range(len(before)) if person[k] != person[i] and embedder.same(scores[k][j])]
+        if others:
+            carried[i] = min(others, key=lambda k: embedder.dissimilarity(before[k].vector, after[j].vector))
+    events: list[SwapEvent] = []
+    involved: set[int] = set()
+    for i, k in sorted(carried.items(), key=lambda item: before[item[0]].centre[0]):
+        if i in involved:
+            continue
+        j = at[i]
+        face = the_face(where[j])
+        base = {"basis": basis, "face_position": where[j] or "only face", "was": labels[i], "now_looks_like": labels[k],
+                "score_vs_own_person": round(scores[i][j], 4), "score_vs_other_person": round(scores[k][j], 4)}
+        if carried.get(k) == i:
+            jk = at[k]
+            other = the_face(where[jk])
+            involved.update({i, k})
+            events.append(SwapEvent(
+                kind="swapped", faces=[after[j], after[jk]], score=embedder.best([scores[k][j], scores[i][jk]]),
+                own_score=scores[i][j],
+                message=(f"{face.capitalize()} and {other} have exchanged identities: {face} now looks like "
+                         f"{labels[k]} ({embedder.describe(scores[k][j])}) and {other} like {labels[i]} "
+                         f"({embedder.describe(scores[i][jk])})."),
+                evidence={**base, "kind": "swapped", "other_face_position": where[jk],
+                          "other_score_vs_own_person": round(scores[k][jk], 4),
+                          "other_score_vs_first_person": round(scores[i][jk], 4)}))
+        elif k in at and embedder.same(scores[k][at[k]]):
+            involved.add(i)
+            events.append(SwapEvent(
+                kind="duplicated", faces=[after[j]], score=scores[k][j], own_score=scores[i][j],
+                message=(f"{face.capitalize()} now looks like {labels[k]} ({embedder.describe(scores[k][j])}), "
+                         f"who is still {where[at[k]] or 'in the picture'}: one identity is on two faces and {labels[i]} "
+                         "is gone."),
+                evidence={**base, "kind": "duplicated"}))
+        else:
+            involved.add(i)
+            events.append(SwapEvent(
+                kind="moved", faces=[after[j]], score=scores[k][j], own_score=scores[i][j],
+                message=(f"{face.capitalize()} now carries the identity of {labels[k]} "
+                         f"({embedder.describe(scores[k][j])}) instead of {labels[i]}."),
+                evidence={**base, "kind": "moved"}))
+    # two different people who now look like one person, though neither matches the other's old face
+    paired = sorted(at.items(), key=lambda item: before[item[0]].centre[0])
+    for a in range(len(paired)):
+        for b in range(a + 1, len(paired)):
+            (i1, j1), (i2, j2) = paired[a], paired[b]
+            if person[i1] == person[i2] or {i1, i2} & involved:
+                continue
+            score = embedder.score(after[j1].vector, after[j2].vector)
+            if embedder.same(score):
+                involved.update({i1, i2})
+                events.append(SwapEvent(
+                    kind="duplicated", faces=[after[j1], after[j2]], score=score, own_score=None,
+                    message=(f"{the_face(where[j1]).capitalize()} and {the_face(where[j2])} now look like one person "
+                             f"({embedder.describe(score)} between them), though they were {labels[i1]} and "
+                             f"{labels[i2]}."),
+                    evidence={"basis": basis, "kind": "duplicated", "face_positions": [where[j1], where[j2]],
+                              "were": [labels[i1], labels[i2]], "score_between_faces": round(score, 4),
+                              "score_between_people_before": round(embedder.score(before[i1].vector,
+                                                                                  before[i2].vector), 4)}))
+    return events
+
+
+def _pooled_events(embedder: FaceEmbedder, identities: list[Identity], after: list[EmbeddedFace]) -> list[SwapEvent]:
+    """References without positions: one reference person matched by two or more candidate faces."""
+    where = position_names([a.centre for a in after])
+    carriers: dict[int, list[int]] = {}
+    for j, face in enumerate(after):
+        best = max(range(len(identities)), key=lambda k: identities[k].similarity(face.vector))
+        if embedder.same(identities[best].score(embedder, face.vector)):
+            carriers.setdefault(best, []).append(j)
+    events = []
+    for k, js in carriers.items():
+        if len(js) < 2:
+            continue
+        scores = [identities[k].score(embedder, after[j].vector) for j in js]
+        faces_named = ", ".join(the_face(where[j]) for j in js[:-1]) + f" and {the_face(where[js[-1]])}"
+        events.append(SwapEvent(
+            kind="duplicated", faces=[after[j] for j in js], score=embedder.best(scores), own_score=None,
+            message=(f"{faces_named[0].upper()}{faces_named[1:]} all look like {identities[k].label} "
+                     f"({embedder.describe(embedder.best(scores))}): one identity is on {len(js)} faces."),
+            evidence={"basis": "references", "kind": "duplicated", "face_positions": [where[j] for j in js],
+                      "looks_like": identities[k].label, "scores": [round(v, 4) for v in scores]}))
+    return events
+
+
+@register_check("subjects_swapped", SwapParams)
+def check_subjects_swapped(ctx: CheckContext, params: SwapParams):
+    """With two or more people: faces whose identities crossed positions, or one identity on two faces."""
+    if ctx.source is None and not ctx.references:
+        raise CheckSkipped("needs the image before the edit (--source) or identity reference images (--reference)")
+    embedder = get_embedder(params)
+    measurement = measure_swaps(ctx, embedder, params)
+    findings = []
+    for event in measurement.events:
+        boxes = np.array([face.box for face in event.faces])
+        union = [float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max())]
+        mask = np.zeros(ctx.size[::-1], dtype=bool)
+        for face in event.faces:
+            mask |= face_repair_mask(ctx.size, face.box, params.mask_grow_side, params.mask_grow_top,
+                                     params.mask_grow_bottom)
+        cbox = ctx.candidate_box(union)
+        w, h = ctx.candidate.original_size
+        area = (cbox[2] - cbox[0]) * (cbox[3] - cbox[1]) / float(w * h)
+        full_mask = ctx.candidate_mask(mask)
+        evidence = {**event.evidence, "embedder": embedder.name, "metric": embedder.metric,
+                    "people_before": measurement.people_before, "faces_after": measurement.faces_after,
+                    "face_boxes": [ctx.candidate_box(face.box) for face in event.faces]}
+        if event.own_score is not None:
+            evidence["own_score"] = round(event.own_score, 4)
+        findings.append(make_finding(
+            "subjects_swapped", params, score=event.score, threshold=embedder.threshold, unit=embedder.unit,
+            message=event.message,
+            region=Region(box=cbox, area_fraction=round(area, 5)),
+            evidence=evidence, mask=full_mask,
+        ))
+    return findings
