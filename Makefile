@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -c "import cv2, mediapipe, skimage; print('installed: OpenCV', cv2.__version__)"
+	$(BIN)/python -c "import cv2, mediapipe, skimage, dlib, onnxruntime; print('installed: OpenCV', cv2.__version__)"
 	touch $@
 
 demo: install
