@@ -9,7 +9,7 @@ from checks.color import measure_white_balance, white_balance_gains, white_point
 from checks.context import CheckContext
 from checks.engine import run_checks
 from tests import defects
-from tests.conftest import photo, photo_names
+from tests.conftest import photo
 
 LIGHT = ["exposure_drift", "color_temperature_drift"]
 # A spread of the set: portraits, wide shots, black-and-white, generated, hands, a composite.
@@ -105,10 +105,3 @@ def test_green_tint_is_reported_as_tint(policy):
 def test_edit_inside_the_mask_does_not_move_exposure_or_colour(policy):
     report = _run(defects.edit_inside_mask(photo("body_bus_01.jpg")), policy)
     assert report.findings == []
-
-
-def test_every_photo_survives_honest_reencoding(policy):
-    """The whole shared set: JPEG q85 at 90 % size raises no light finding."""
-    flagged = [name for name in photo_names()
-               if _run(defects.clean_reencode(photo(name)), policy).findings]
-    assert flagged == []
