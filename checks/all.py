@@ -3,9 +3,13 @@
 from checks import (  # noqa: F401
     blur,
     color,
+    crop,
     exposure,
     halo,
+    hands,
+    identity,
     mirror,
     perspective,
     spill,
+    swap,
 )

@@ -156,3 +156,99 @@ def person_mask(image: AnalysisImage) -> np.ndarray:
         return result.segmentation_mask.astype(np.float32)
 
     return image.shared("person_mask", compute)
+
+
+# ---- hands re-detected on crops (small hands in wide shots, targeted look-ups) ------------------
+
+POSE_LEFT_ELBOW, POSE_RIGHT_ELBOW = 13, 14
+# A crop around a pose wrist spans this many forearm lengths (elbow to wrist) and is centred a third
+# of a forearm past the wrist, where the hand is; at least HAND_CROP_MIN_PX, resampled to HAND_CROP_PX.
+WRIST_CROP_FOREARMS = 2.5
+HAND_CROP_MIN_PX = 48
+HAND_CROP_PX = 256
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def same_hand(a: Hand, b: Hand) -> bool:
+    """Two detections of one hand: landmarks within a third of a palm on average, or boxes that
+    mostly coincide (two hands side by side can share a third of their boxes)."""
+    palm = max(min(float(np.linalg.norm(h.landmarks[9, :2] - h.landmarks[0, :2])) for h in (a, b)), 1.0)
+    spread = float(np.mean(np.linalg.norm(a.landmarks[:, :2] - b.landmarks[:, :2], axis=1)))
+    return box_iou(a.box, b.box) > 0.6 or spread < 0.33 * palm
+
+
+def _hands_in_square(image: AnalysisImage, cx: float, cy: float, side: float) -> list[Hand]:
+    """Hand landmarks found on a square crop centred at (cx, cy), in full-image pixels."""
+    import cv2
+
+    h, w = image.uint8.shape[:2]
+    side = max(float(side), HAND_CROP_MIN_PX)
+    x0, y0 = int(round(max(0.0, cx - side / 2))), int(round(max(0.0, cy - side / 2)))
+    x1, y1 = int(round(min(float(w), cx + side / 2))), int(round(min(float(h), cy + side / 2)))
+    if x1 - x0 < 16 or y1 - y0 < 16:
+        return []
+    crop = image.uint8[y0:y1, x0:x1]
+    k = HAND_CROP_PX / max(x1 - x0, y1 - y0)
+    if k > 1:
+        crop = cv2.resize(crop, None, fx=k, fy=k, interpolation=cv2.INTER_CUBIC)
+    else:
+        k = 1.0
+    ch, cw = crop.shape[:2]
+    result = _process(_hands_model(), np.ascontiguousarray(crop))
+    found = []
+    for marks, handed in zip(result.multi_hand_landmarks or [], result.multi_handedness or []):
+        points = np.array([[p.x * cw / k + x0, p.y * ch / k + y0, p.z * cw / k] for p in marks.landmark],
+                          dtype=np.float32)
+        label = handed.classification[0]
+        box = np.array([points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()],
+                       dtype=np.float32)
+        found.append(Hand(landmarks=points, handedness=label.label, score=float(label.score), box=box))
+    return found
+
+
+def hands_with_wrist_crops(image: AnalysisImage) -> list[Hand]:
+    """The full-frame hands plus the hands found again on a crop around each visible pose wrist
+    (MediaPipe Hands misses small hands in wide shots, and sees two hands side by side as one; at
+    crop scale it finds them). Full-frame hands come first, in their order; a crop's hand that is
+    one already found is dropped."""
+
+    def compute() -> list[Hand]:
+        found = list(hands(image))
+        body = pose(image)
+        if body is None:
+            return found
+        marks = body.landmarks
+        for wrist, elbow in ((POSE_LEFT_WRIST, POSE_LEFT_ELBOW), (POSE_RIGHT_WRIST, POSE_RIGHT_ELBOW)):
+            if marks[wrist, 3] < 0.5:
+                continue
+            forearm_vec = marks[wrist, :2] - marks[elbow, :2]
+            forearm = float(np.linalg.norm(forearm_vec))
+            if forearm < 1.0:
+                continue
+            h, w = image.uint8.shape[:2]
+            if not (0 <= marks[wrist, 0] < w and 0 <= marks[wrist, 1] < h):
+                continue
+            centre = marks[wrist, :2] + forearm_vec / forearm * (forearm / 3)
+            for hand in _hands_in_square(image, centre[0], centre[1], WRIST_CROP_FOREARMS * forearm):
+                if not any(same_hand(hand, other) for other in found):
+                    found.append(hand)
+        return found
+
+    return image.shared("hands_with_wrist_crops", compute)
+
+
+def hands_in_region(image: AnalysisImage, box) -> list[Hand]:
+    """Hands found on a square crop around ``box`` (x0, y0, x1, y1; twice its long side): a targeted
+    second look, e.g. for a hand one image has and the other seems to lack."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    key = f"hands_in_region:{round(x0)}:{round(y0)}:{round(x1)}:{round(y1)}"
+    side = 2.0 * max(x1 - x0, y1 - y0)
+    return image.shared(key, lambda: _hands_in_square(image, (x0 + x1) / 2, (y0 + y1) / 2, side))

@@ -1,0 +1,760 @@
+"""hand_malformed: hands no real hand could look like, hands too many, hands gone.
+
+MediaPipe Hands scores generated hands with broken anatomy exactly like real ones (0.96 to 1.00 on
+the shared set), so its confidence says nothing; nor does its stability (a defective generated
+hand gets the same landmarks on a re-crop or a mirror image, within 0.04 palm lengths, while real
+hands it misreads move up to 0.9). The verdict comes from the hand's 21 landmarks (skeleton) held
+against anatomy and against the hand's own pixels (silhouette), from counting hands per person
+against the body pose, and, with a source, from comparing the hands of both images.
+
+Rules (each finding names the ones that fired, with the numbers behind them):
+
+* ``fingers_intersect`` (skeleton). The smallest 3-D distance between the bones of two different
+  fingers (landmark x, y in pixels and MediaPipe's relative depth z, on the same scale), in palm
+  lengths (wrist to middle knuckle, 3-D). Bones are finger axes and real fingers are about 0.2 palm
+  lengths thick, so two axes closer than ``bone_gap`` are fingers passing through each other, or
+  two finger chains collapsed onto one finger (the picture has fewer separate fingers than a hand).
+  Not judged for a hand partly behind another (``max_occlusion`` of its box covered): the model
+  guesses hidden fingers, and guesses them colliding.
+* ``unexplained_finger`` and ``extra_fingertip`` (silhouette). The hand's skin is segmented around
+  its landmarks: a colour model (CIELAB histograms) of the pixels under the skeleton against those
+  far from it; the connected skin region under the palm is the silhouette. Silhouette that no bone
+  or palm of any detected hand explains (farther than ``explained_radius``) is searched for
+  finger-shaped parts: at least ``finger_min_length`` long, ``finger_min_width`` to
+  ``finger_max_width`` wide, ``finger_min_elongation`` times longer than wide, rooted within
+  ``knuckle_reach`` of the knuckle line, reaching ``finger_min_reach`` from the wrist, and not cut
+  by the crop (an arm, a face or another person runs out of it). Independently, the silhouette's
+  fingertips (peaks of the outline's distance from the palm centre, ``tip_min_prominence`` above the
+  valleys beside them, convexity-defect style) are matched to the skeletons' fingertips and last
+  joints; a finger-wide tip (``tip_min_width`` to ``tip_max_width``) ``tip_min_distance`` from all
+  of them is a finger the skeleton does not have. Before either counts, the detector looks again on
+  crops beyond the stray part (it may belong to a hand the full-frame pass missed); a hand found
+  there joins the skeletons that explain the silhouette. More fingers than the pose implies.
+* ``finger_without_skin`` (silhouette). The share of skin under the two distal bones of each
+  straight, extended finger; at most ``skinless_max_support`` means the skeleton places a finger
+  where the picture has none (a ghosted, transparent or missing finger: fewer fingers than the pose
+  implies). Silhouette rules are skipped for a hand whose skin does not separate from its
+  surroundings (``skin_min_separation``, e.g. a hand on a face or on an arm).
+* ``extra_hand`` (pose). Every hand near a person must hang from one of that person's wrists, one
+  hand per wrist: hands whose wrist lies within ``wrist_reach`` forearm lengths of a visible pose
+  wrist, pointing away from the elbow, are matched to the wrists (maximum matching); a hand left over
+  is a hand too many. Detections sharing most of a box count once. MediaPipe Pose sees one person
+  (the most prominent), so only that person's hands are counted. Hands come from the full frame and
+  again from crops around the pose wrists (``analyses.hands_with_wrist_crops``), where small hands
+  of wide shots and two hands side by side are found.
+* ``hand_appeared`` / ``hand_vanished`` (source, pixel-aligned). Hands matched by place between
+  source and candidate; a hand without a partner gets a targeted second look in the other image (a
+  crop around it) and counts only where the content of its box changed: 1 - correlation of the
+  lightly blurred grey pixels at least ``min_change`` (exposure, colour, noise and blur keep the
+  correlation near 1). An appeared hand is not reported when the candidate also has more faces (a
+  person was added, with hands of their own).
+
+Shape rules judge hands whose palm is at least ``min_palm_px`` long (analysis pixels): smaller hands
+are too coarse to tell a malformed finger from blur. Each finding carries the hand's box and a repair
+mask at candidate resolution: silhouette and landmark hull, extended half a palm over the wrist and
+grown by ``mask_margin`` palm lengths (the hand, its wrist, what it touches and a margin).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from checks import analyses
+from checks.analyses import Hand, box_iou, same_hand
+from checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from checks.context import AnalysisImage, CheckContext
+
+FINGER_NAMES = ("thumb", "index", "middle", "ring", "little")
+# Landmark chains per finger: thumb CMC-MCP-IP-tip; fingers MCP-PIP-DIP-tip.
+FINGERS = ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))
+BONES = ((0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (5, 9), (9, 10), (10, 11),
+         (11, 12), (9, 13), (13, 14), (14, 15), (15, 16), (13, 17), (17, 18), (18, 19), (19, 20), (0, 17))
+PALM = (0, 1, 2, 5, 9, 13, 17)  # the palm's outline: wrist, thumb base, the four knuckles
+KNUCKLES = (5, 9, 13, 17)  # the four finger MCPs (the knuckle line)
+DISTAL = (3, 4, 7, 8, 11, 12, 15, 16, 19, 20)  # each finger's last joint and tip
+CROP_MARGIN = 0.7  # palm lengths around the landmark box in which the silhouette is segmented
+SEED_RADIUS = 0.06  # palm lengths around the bones taken as skin samples
+BACKGROUND_DISTANCE = 0.75  # palm lengths from every bone beyond which pixels are background samples
+HIST_BINS = 16  # per CIELAB channel
+STRAIGHT = 0.85  # base-to-tip distance / bone path length at or above which a finger is straight
+EXTENDED = 0.5  # palm lengths; base-to-tip distance (2-D) of an extended finger
+SECOND_LOOK_SIDES = (1.5, 2.5)  # palm lengths; crops searched again around an unexplained finger
+DUPLICATE_OVERLAP = 0.5  # share of the smaller box two detections share when they are one hand
+
+
+class HandsParams(CheckParams):
+    priority: Priority
+    min_palm_px: float = Field(gt=0, description="px at analysis size; shortest palm whose shape is judged")
+    bone_gap: float = Field(gt=0, description="palm lengths; closest two finger bones may come")
+    silhouette_px: float = Field(ge=16, description="px; palm length the hand crop is resampled to")
+    skin_min_separation: float = Field(ge=0, le=1, description="mean skin probability, skin minus background samples")
+    explained_radius: float = Field(gt=0, description="palm lengths around bones and palm that the skeleton explains")
+    finger_min_length: float = Field(gt=0, description="palm lengths")
+    finger_min_width: float = Field(gt=0, description="palm lengths")
+    finger_max_width: float = Field(gt=0, description="palm lengths")
+    finger_min_elongation: float = Field(gt=1, description="length / width")
+    knuckle_reach: float = Field(gt=0, description="palm lengths from the knuckle line")
+    finger_min_reach: float = Field(gt=0, description="palm lengths (2-D) from the wrist along the hand's axis")
+    tip_min_prominence: float = Field(gt=0, description="palm lengths a silhouette fingertip stands out")
+    tip_min_distance: float = Field(gt=0, description="palm lengths from every skeleton fingertip")
+    tip_min_width: float = Field(ge=0, description="palm lengths; finger width near the tip")
+    tip_max_width: float = Field(gt=0, description="palm lengths")
+    skinless_max_support: float = Field(ge=0, lt=1, description="share of skin under an extended finger")
+    max_occlusion: float = Field(gt=0, le=1, description="share of a hand's box another hand covers")
+    wrist_reach: float = Field(gt=0, description="forearm lengths from a pose wrist")
+    min_change: float = Field(gt=0, le=2, description="1 - correlation of the hand box's grey pixels")
+    mask_margin: float = Field(ge=0, description="palm lengths the repair mask is grown by")
+
+
+# ---- measurements -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Protrusion:
+    """A finger-shaped part of the silhouette that no skeleton finger explains."""
+
+    length: float  # palm lengths
+    width: float  # palm lengths (area / length)
+    knuckle_distance: float  # palm lengths from the knuckle line
+    reach: float  # 2-D palm lengths from the wrist along the hand's axis, at its farthest point
+    box: tuple[float, float, float, float]  # analysis px
+
+
+@dataclass(frozen=True)
+class Fingertip:
+    """A fingertip of the silhouette: a peak of the contour's distance from the palm centre."""
+
+    prominence: float  # palm lengths the peak stands above the valleys on either side
+    skeleton_distance: float  # palm lengths to the nearest fingertip or last joint of any skeleton
+    width: float  # palm lengths; silhouette width a third of a palm inside the tip
+    position: tuple[float, float]  # analysis px
+
+
+@dataclass
+class HandShape:
+    """One hand's skeleton and silhouette measurements (analysis pixels)."""
+
+    index: int
+    hand: Hand
+    palm: float  # px; 3-D wrist to middle knuckle
+    judged: bool  # palm long enough to judge the shape
+    bone_gap: float | None = None  # palm lengths; closest approach of two fingers' bones
+    bone_gap_fingers: tuple[str, str] | None = None
+    separation: float | None = None  # skin model: mean probability on skin minus background samples
+    protrusions: list[Protrusion] = field(default_factory=list)
+    fingertips: list[Fingertip] = field(default_factory=list)  # silhouette fingertips (prominent peaks)
+    finger_support: dict[str, float] = field(default_factory=dict)  # extended fingers: skin share
+    silhouette: np.ndarray | None = None  # bool, analysis px, inside ``silhouette_box``
+    silhouette_box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 analysis px
+    occluded: float = 0.0  # largest share of this hand's box another hand's box covers
+    second_look_hands: int = 0  # hands found on a second look around unexplained parts
+
+    @property
+    def silhouette_valid(self) -> bool:
+        return self.separation is not None
+
+
+def palm_length(hand: Hand) -> float:
+    """3-D wrist-to-middle-knuckle length in px (MediaPipe's z is on the x scale)."""
+    return float(np.linalg.norm(hand.landmarks[9] - hand.landmarks[0]))
+
+
+def _segment_distance(p1: np.ndarray, q1: np.ndarray, p2: np.ndarray, q2: np.ndarray) -> float:
+    """Closest distance between segments p1q1 and p2q2 (Ericson, Real-Time Collision Detection 5.1.9)."""
+    d1, d2, r = q1 - p1, q2 - p2, p1 - p2
+    a, e, f = float(d1 @ d1), float(d2 @ d2), float(d2 @ r)
+    if a <= 1e-12 and e <= 1e-12:
+        return float(np.linalg.norm(r))
+    if a <= 1e-12:
+        s, t = 0.0, float(np.clip(f / e, 0, 1))
+    else:
+        c = float(d1 @ r)
+        if e <= 1e-12:
+            t, s = 0.0, float(np.clip(-c / a, 0, 1))
+        else:
+            b = float(d1 @ d2)
+            denom = a * e - b * b
+            s = float(np.clip((b * f - c * e) / denom, 0, 1)) if denom > 1e-12 else 0.0
+            t = (b * s + f) / e
+            if t < 0:
+                t, s = 0.0, float(np.clip(-c / a, 0, 1))
+            elif t > 1:
+                t, s = 1.0, float(np.clip((b - c) / a, 0, 1))
+    return float(np.linalg.norm((p1 + d1 * s) - (p2 + d2 * t)))
+
+
+def closest_fingers(hand: Hand) -> tuple[float, tuple[str, str]]:
+    """Smallest 3-D distance between bones of two different fingers, in palm lengths.
+
+    Bones: each finger's three phalanges (MCP-PIP, PIP-DIP, DIP-tip); the thumb's two distal
+    ones (its metacarpal starts at the wrist next to the index metacarpal by nature)."""
+    points = hand.landmarks.astype(np.float64)
+    palm = max(palm_length(hand), 1e-6)
+    bones = []
+    for finger, chain in enumerate(FINGERS):
+        for k in range(1 if finger == 0 else 0, 3):
+            bones.append((finger, points[chain[k]], points[chain[k + 1]]))
+    best, pair = np.inf, (FINGER_NAMES[0], FINGER_NAMES[1])
+    for i, (fa, pa, qa) in enumerate(bones):
+        for fb, pb, qb in bones[i + 1:]:
+            if fa == fb:
+                continue
+            d = _segment_distance(pa, qa, pb, qb)
+            if d < best:
+                best, pair = d, (FINGER_NAMES[fa], FINGER_NAMES[fb])
+    return best / palm, pair
+
+
+def _draw_skeleton(shape: tuple[int, int], points: np.ndarray) -> np.ndarray:
+    """uint8 mask with the bones as 1-px lines and the palm outline filled."""
+    canvas = np.zeros(shape, np.uint8)
+    pts = np.round(points[:, :2]).astype(np.int32)
+    for a, b in BONES:
+        cv2.line(canvas, tuple(int(v) for v in pts[a]), tuple(int(v) for v in pts[b]), 255, 1)
+    cv2.fillConvexPoly(canvas, cv2.convexHull(pts[list(PALM)]), 255)
+    return canvas
+
+
+def _skin_probability(crop: np.ndarray, skin: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Per-pixel P(skin) from CIELAB histograms of the skin and background samples (equal priors)."""
+    lab = cv2.cvtColor(crop, cv2.COLOR_RGB2LAB).astype(np.int32)
+    q = lab * HIST_BINS // 256
+    index = (q[..., 0] * HIST_BINS + q[..., 1]) * HIST_BINS + q[..., 2]
+
+    def density(samples: np.ndarray) -> np.ndarray:
+        hist = np.bincount(index[samples], minlength=HIST_BINS ** 3).astype(np.float32)
+        hist = cv2.GaussianBlur(hist.reshape(HIST_BINS, HIST_BINS * HIST_BINS), (3, 3), 0).ravel()
+        return hist / max(float(hist.sum()), 1.0)
+
+    pf, pb = density(skin)[index], density(background)[index]
+    return pf / (pf + pb + 1e-9)
+
+
+def _crop_box(hand: Hand, margin: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The hand's landmark box grown by ``margin`` px on each side, clipped to the image (int px)."""
+    w, h = size
+    x0, y0, x1, y1 = (float(v) for v in hand.box)
+    m = margin
+    return (int(max(0, np.floor(x0 - m))), int(max(0, np.floor(y0 - m))),
+            int(min(w, np.ceil(x1 + m))), int(min(h, np.ceil(y1 + m))))
+
+
+def measure_silhouette(image: AnalysisImage, shape: HandShape, others: list[Hand], params: HandsParams) -> None:
+    """Segment the hand's skin and fill in the silhouette measurements of ``shape``."""
+    hand, palm = shape.hand, shape.palm
+    X0, Y0, X1, Y1 = _crop_box(hand, CROP_MARGIN * palm, image.size)
+    if X1 - X0 < 8 or Y1 - Y0 < 8:
+        return
+    k = params.silhouette_px / palm
+    crop = cv2.resize(image.uint8[Y0:Y1, X0:X1], None, fx=k, fy=k,
+                      interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+    hh, ww = crop.shape[:2]
+    unit = params.silhouette_px  # one palm length in crop pixels
+    to_crop = lambda pts: (pts[:, :2].astype(np.float64) - [X0, Y0]) * k  # noqa: E731
+    own = to_crop(hand.landmarks)
+
+    bones = np.zeros((hh, ww), np.uint8)
+    for a, b in BONES:
+        cv2.line(bones, tuple(int(v) for v in np.round(own[a])), tuple(int(v) for v in np.round(own[b])), 255, 1)
+    distance = cv2.distanceTransform(255 - bones, cv2.DIST_L2, 3) / unit
+    # The forearm continues past the wrist: it is skin but explained, never a background sample.
+    axis = own[0] - own[9]
+    axis /= max(float(np.linalg.norm(axis)), 1e-6)
+    yy, xx = np.mgrid[0:hh, 0:ww]
+    along = (xx - own[0, 0]) * axis[0] + (yy - own[0, 1]) * axis[1]
+    across = np.abs((xx - own[0, 0]) * -axis[1] + (yy - own[0, 1]) * axis[0])
+    forearm = (along > -0.1 * unit) & (across < 0.6 * unit)
+    skin_seeds = distance < SEED_RADIUS
+    background_seeds = (distance > BACKGROUND_DISTANCE) & ~forearm
+    if skin_seeds.sum() < 20 or background_seeds.sum() < 20:
+        return
+    probability = _skin_probability(crop, skin_seeds, background_seeds)
+    separation = float(probability[skin_seeds].mean() - probability[background_seeds].mean())
+    smooth = cv2.GaussianBlur(probability.astype(np.float32), (0, 0), 1.0)
+    skin = cv2.morphologyEx((smooth > 0.5).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    _, labels = cv2.connectedComponents(skin)
+    centre = np.clip(np.round(own[list(PALM)].mean(axis=0)).astype(int), 0, [ww - 1, hh - 1])
+    label = labels[centre[1], centre[0]]
+    if label == 0:  # the palm centre is not skin: the silhouette cannot be trusted
+        return
+    silhouette = labels == label
+    shape.separation = separation
+    shape.silhouette_box = (X0, Y0, X1, Y1)
+    shape.silhouette = cv2.resize(silhouette.astype(np.uint8), (X1 - X0, Y1 - Y0),
+                                  interpolation=cv2.INTER_NEAREST).astype(bool)
+    if separation < params.skin_min_separation:
+        return
+
+    # finger_without_skin: skin under the distal bones of straight, extended fingers
+    for finger, chain in enumerate(FINGERS):
+        path = sum(float(np.linalg.norm(own[chain[i + 1]] - own[chain[i]])) for i in range(3))
+        reach = float(np.linalg.norm(own[chain[3]] - own[chain[0]]))
+        if reach < EXTENDED * unit or reach < STRAIGHT * path:
+            continue
+        t = np.linspace(0.0, 1.0, 8)[:, None]
+        samples = np.concatenate([own[chain[1]] * (1 - t) + own[chain[2]] * t,
+                                  own[chain[2]] * (1 - t) + own[chain[3]] * t])
+        samples = np.round(samples).astype(int)
+        inside = (samples[:, 0] >= 0) & (samples[:, 1] >= 0) & (samples[:, 0] < ww) & (samples[:, 1] < hh)
+        if inside.mean() < 0.75:
+            continue
+        shape.finger_support[FINGER_NAMES[finger]] = float(silhouette[samples[inside, 1], samples[inside, 0]].mean())
+
+    # unexplained_finger: finger-shaped skin no skeleton (this hand's or another's) explains
+    explained = _draw_skeleton((hh, ww), own)
+    for other in others:
+        explained |= _draw_skeleton((hh, ww), to_crop(other.landmarks))
+    near = cv2.distanceTransform(255 - explained, cv2.DIST_L2, 3) / unit < params.explained_radius
+    past_wrist = along > 0
+    residual = (silhouette & ~near & ~past_wrist).astype(np.uint8)
+    radius = max(1, int(round(0.05 * unit)))
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    residual = cv2.morphologyEx(residual, cv2.MORPH_OPEN, disc)
+    count, parts, stats, _ = cv2.connectedComponentsWithStats(residual)
+    palm_2d = max(float(np.linalg.norm(own[9] - own[0])), 1e-6)
+    knuckle_line = np.zeros((hh, ww), np.uint8)
+    knuckles = np.round(own[list(KNUCKLES)]).astype(np.int32)
+    cv2.polylines(knuckle_line, [knuckles], False, 255, 1)
+    to_knuckles = cv2.distanceTransform(255 - knuckle_line, cv2.DIST_L2, 3) / unit
+    for j in range(1, count):
+        x, y, w, h, area = (int(v) for v in stats[j])
+        if x == 0 or y == 0 or x + w >= ww or y + h >= hh:
+            continue  # cut by the crop: an arm, a face, another person, not a finger of this hand
+        part = parts == j
+        ys, xs = np.nonzero(part)
+        (_, _), (rw, rh), _ = cv2.minAreaRect(np.stack([xs, ys], axis=1).astype(np.float32))
+        length = max(rw, rh) / unit
+        width = area / unit ** 2 / max(length, 1e-6)
+        knuckle_distance = float(to_knuckles[part].min())
+        reach = float((-along[part]).max()) / palm_2d  # how far past the wrist towards the fingers
+        if (length >= params.finger_min_length and params.finger_min_width <= width <= params.finger_max_width
+                and length / width >= params.finger_min_elongation and knuckle_distance <= params.knuckle_reach
+                and reach >= params.finger_min_reach):
+            shape.protrusions.append(Protrusion(
+                length=round(length, 3), width=round(width, 3), knuckle_distance=round(knuckle_distance, 3),
+                reach=round(reach, 3),
+                box=(X0 + x / k, Y0 + y / k, X0 + (x + w) / k, Y0 + (y + h) / k)))
+
+    # extra_fingertip: silhouette fingertips far from every skeleton fingertip
+    for point, prominence, distance, width in silhouette_fingertips(
+            silhouette, own, [to_crop(o.landmarks) for o in others], unit, params.tip_min_prominence):
+        shape.fingertips.append(Fingertip(prominence=round(prominence, 3), skeleton_distance=round(distance, 3),
+                                          width=round(width, 3), position=(X0 + point[0] / k, Y0 + point[1] / k)))
+
+
+def silhouette_fingertips(silhouette: np.ndarray, own: np.ndarray, others: list[np.ndarray], unit: float,
+                          min_prominence: float) -> list[tuple[np.ndarray, float, float, float]]:
+    """Fingertips of a silhouette (crop pixels, one palm = ``unit`` px): peaks of the outline's
+    distance from the palm centre standing at least ``min_prominence`` palm lengths above the valleys
+    on either side (searched within 2.5 palm lengths of outline), not on the crop border and not on
+    the forearm. Returns (point, prominence, distance to the nearest skeleton fingertip or last joint
+    of this hand or another, finger width a third of a palm inside the tip), in palm lengths."""
+    from scipy.signal import find_peaks
+
+    contours, _ = cv2.findContours(silhouette.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return []
+    outline = max(contours, key=cv2.contourArea)[:, 0, :].astype(np.float64)
+    n = len(outline)
+    if n < 16:
+        return []
+    hh, ww = silhouette.shape
+    centre = own[list(PALM)].mean(axis=0)
+    axis = own[9] - own[0]
+    axis /= max(float(np.linalg.norm(axis)), 1e-6)
+    radius = np.linalg.norm(outline - centre, axis=1) / unit
+    k = max(3, int(0.05 * unit)) | 1
+    radius = np.convolve(np.r_[radius[-k:], radius, radius[:k]], np.ones(k) / k, "same")[k:-k]
+    invalid = ((outline[:, 0] <= 0) | (outline[:, 1] <= 0) | (outline[:, 0] >= ww - 1) | (outline[:, 1] >= hh - 1)
+               | ((outline - own[0]) @ axis < 0))
+    window = min(n, int(2.5 * unit) | 1)
+    profile = np.r_[radius[-window:], radius, radius[:window]]
+    peaks, props = find_peaks(profile, prominence=min_prominence, wlen=window)
+    skeleton_tips = np.vstack([pts[list(DISTAL)] for pts in [own, *others]])
+    tips: list[tuple[np.ndarray, float, float, float]] = []
+    for q, prominence in sorted(zip(peaks, props["prominences"]), key=lambda t: -t[1]):
+        i = q - window
+        if not 0 <= i < n or invalid[i]:
+            continue
+        point = outline[i]
+        if any(np.linalg.norm(point - t[0]) < 0.2 * unit for t in tips):
+            continue  # the same tip seen twice through the circular padding
+        distance = float(np.linalg.norm(skeleton_tips - point, axis=1).min()) / unit
+        direction = (point - centre) / max(float(np.linalg.norm(point - centre)), 1e-6)
+        inner = point - direction * unit / 3
+        across = np.array([-direction[1], direction[0]])
+        width = 0.0
+        xi, yi = int(round(inner[0])), int(round(inner[1]))
+        if 0 <= xi < ww and 0 <= yi < hh and silhouette[yi, xi]:
+            run = 1
+            for sign in (1, -1):
+                for t in range(1, int(unit)):
+                    x, y = (int(round(v)) for v in inner + across * sign * t)
+                    if not (0 <= x < ww and 0 <= y < hh and silhouette[y, x]):
+                        break
+                    run += 1
+            width = run / unit
+        tips.append((point, float(prominence), distance, width))
+    return tips
+
+
+def _suspects(shape: HandShape, params: HandsParams) -> list[tuple[float, float, float, float]]:
+    """Boxes (analysis px) of the parts that would make a silhouette rule fire."""
+    boxes = [p.box for p in shape.protrusions]
+    for t in shape.fingertips:
+        if t.skeleton_distance >= params.tip_min_distance and params.tip_min_width <= t.width <= params.tip_max_width:
+            r = 0.5 * shape.palm
+            boxes.append((t.position[0] - r, t.position[1] - r, t.position[0] + r, t.position[1] + r))
+    return boxes
+
+
+def measure_hands(image: AnalysisImage, hands: list[Hand], params: HandsParams) -> list[HandShape]:
+    """Skeleton and silhouette measurements for every hand (shape rules only for judged hands).
+
+    A finger the skeleton does not explain may belong to a hand the detector missed (two hands side
+    by side): before it counts, the detector looks again on a crop around it, and any hand found
+    there joins the skeletons that explain the silhouette."""
+    shapes = []
+    for i, hand in enumerate(hands):
+        palm = palm_length(hand)
+        shape = HandShape(index=i, hand=hand, palm=palm, judged=palm >= params.min_palm_px)
+        shape.occluded = max((_overlap_own(hand.box, other.box) for j, other in enumerate(hands) if j != i),
+                             default=0.0)
+        if shape.judged:
+            gap, pair = closest_fingers(hand)
+            shape.bone_gap, shape.bone_gap_fingers = gap, pair
+            others = [h for j, h in enumerate(hands) if j != i]
+            measure_silhouette(image, shape, others, params)
+            found = []
+            for box in _suspects(shape, params):
+                # The hand owning a stray finger lies beyond it, away from this hand's palm.
+                centre = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
+                away = centre - hand.landmarks[list(PALM), :2].mean(axis=0)
+                cx, cy = centre + away / max(float(np.linalg.norm(away)), 1e-6) * 0.5 * palm
+                for side in SECOND_LOOK_SIDES:  # crops 1.5 and 2.5 palm lengths wide
+                    r = side * palm / 4
+                    for new in analyses.hands_in_region(image, (cx - r, cy - r, cx + r, cy + r)):
+                        if not any(same_hand(new, h) for h in [*hands, *found]):
+                            found.append(new)
+            if found:
+                shape.protrusions, shape.fingertips, shape.finger_support = [], [], {}
+                shape.second_look_hands = len(found)
+                measure_silhouette(image, shape, others + found, params)
+        shapes.append(shape)
+    return shapes
+
+
+def _overlap_own(own: np.ndarray, other: np.ndarray) -> float:
+    """Share of box ``own`` that box ``other`` covers."""
+    ix = max(0.0, float(min(own[2], other[2]) - max(own[0], other[0])))
+    iy = max(0.0, float(min(own[3], other[3]) - max(own[1], other[1])))
+    area = float((own[2] - own[0]) * (own[3] - own[1]))
+    return ix * iy / area if area > 0 else 0.0
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection of two boxes over the smaller one's area."""
+    ix = max(0.0, float(min(a[2], b[2]) - max(a[0], b[0])))
+    iy = max(0.0, float(min(a[3], b[3]) - max(a[1], b[1])))
+    smaller = min(float((a[2] - a[0]) * (a[3] - a[1])), float((b[2] - b[0]) * (b[3] - b[1])))
+    return ix * iy / smaller if smaller > 0 else 0.0
+
+
+def _largest_distinct(hands: list[Hand], indices: list[int]) -> list[int]:
+    """The largest subset of ``indices`` whose boxes pairwise share less than DUPLICATE_OVERLAP."""
+    def apart(a: int, b: int) -> bool:
+        return _overlap(hands[a].box, hands[b].box) < DUPLICATE_OVERLAP
+
+    if len(indices) > 10:  # never seen at one person; keep it cheap
+        kept: list[int] = []
+        for i in indices:
+            if all(apart(i, j) for j in kept):
+                kept.append(i)
+        return kept
+    for size in range(len(indices), 0, -1):
+        for subset in itertools.combinations(indices, size):
+            if all(apart(a, b) for a, b in itertools.combinations(subset, 2)):
+                return list(subset)
+    return []
+
+
+@dataclass(frozen=True)
+class PersonHands:
+    """Hands at the pose person's wrists and the ones no wrist can hold."""
+
+    wrists: list[str]  # the visible pose wrists
+    near: list[int]  # indices of hands within reach of a visible wrist
+    distinct: list[int]  # the near hands counted (detections of one hand counted once)
+    matched: dict[int, str]  # hand index -> wrist it hangs from
+    extra: list[int]  # hands near the person that no free wrist can hold
+
+
+def hands_per_person(image: AnalysisImage, hands: list[Hand], params: HandsParams) -> PersonHands | None:
+    """Match the hands near the pose person to its visible wrists, one hand per wrist."""
+    body = analyses.pose(image)
+    if body is None:
+        return None
+    marks = body.landmarks
+    wrists = []
+    for name, wrist, elbow in (("left", analyses.POSE_LEFT_WRIST, analyses.POSE_LEFT_ELBOW),
+                               ("right", analyses.POSE_RIGHT_WRIST, analyses.POSE_RIGHT_ELBOW)):
+        forearm = marks[wrist, :2] - marks[elbow, :2]
+        length = float(np.linalg.norm(forearm))
+        if marks[wrist, 3] >= 0.5 and length >= 1.0:
+            wrists.append((name, marks[wrist, :2], forearm / length, length))
+    reach: dict[int, dict[str, float]] = {}  # hand -> wrist name -> distance in forearm lengths
+    for i, hand in enumerate(hands):
+        pointing = hand.landmarks[9, :2] - hand.landmarks[0, :2]
+        for name, position, direction, length in wrists:
+            distance = float(np.linalg.norm(hand.landmarks[0, :2] - position)) / length
+            if distance <= params.wrist_reach and float(pointing @ direction) > 0:  # points away from the elbow
+                reach.setdefault(i, {})[name] = distance
+    near = sorted(reach)
+    # Two detections sharing most of a box are one hand seen twice (MediaPipe can fit two skeletons to
+    # one hand, or one skeleton across two): count the largest set of hands that do not.
+    distinct = _largest_distinct(hands, near)
+    # Maximum matching of hands to wrists, one hand per wrist (at most two wrists: try every choice),
+    # the closest fit among equals.
+    best: dict[int, str] = {}
+    best_key = (0, 0.0)
+    for choice in itertools.product([None, *distinct], repeat=len(wrists)):
+        picked = [i for i in choice if i is not None]
+        if len(set(picked)) < len(picked):
+            continue
+        pairs = [(i, w[0]) for i, w in zip(choice, wrists) if i is not None]
+        if not all(name in reach[i] for i, name in pairs):
+            continue
+        key = (len(pairs), -sum(reach[i][name] for i, name in pairs))
+        if key > best_key:
+            best_key, best = key, {i: name for i, name in pairs}
+    extra = [i for i in distinct if i not in best]
+    return PersonHands(wrists=[w[0] for w in wrists], near=near, distinct=distinct, matched=best, extra=extra)
+
+
+@dataclass(frozen=True)
+class HandChange:
+    kind: str  # "appeared" or "vanished"
+    hand: Hand  # the hand in the image that has it
+    change: float  # 1 - correlation of the grey pixels inside the hand's box, source vs candidate
+
+
+def same_place(a: Hand, b: Hand) -> bool:
+    """A hand at the same place in two images (its pose may differ): boxes overlapping by a third,
+    or wrists within half a palm."""
+    palm = max(palm_length(a), palm_length(b), 1.0)
+    wrist = float(np.linalg.norm(a.landmarks[0, :2] - b.landmarks[0, :2]))
+    return box_iou(a.box, b.box) > 0.3 or wrist < 0.5 * palm or same_hand(a, b)
+
+
+def structural_change(source: AnalysisImage, candidate: AnalysisImage, hand: Hand) -> float:
+    """1 - normalised cross-correlation of the grey pixels in the hand's box (lightly blurred): 0 when
+    only brightness, contrast, noise or sharpness changed, towards 1 when the content changed."""
+    palm = max(palm_length(hand), 1.0)
+    x0, y0, x1, y1 = _crop_box(hand, 0.05 * palm, candidate.size)
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return 0.0
+    sigma = max(0.5, 0.08 * palm)
+    a = cv2.GaussianBlur(source.gray[y0:y1, x0:x1], (0, 0), sigma).astype(np.float64)
+    b = cv2.GaussianBlur(candidate.gray[y0:y1, x0:x1], (0, 0), sigma).astype(np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    if denominator < 1e-9:  # both flat: nothing to compare; one flat: the content changed
+        return 0.0 if (a * a).sum() + (b * b).sum() < 1e-9 else 1.0
+    return float(1.0 - (a * b).sum() / denominator)
+
+
+def compare_hands(source: AnalysisImage, candidate: AnalysisImage, params: HandsParams) -> list[HandChange]:
+    """Hands present in one of two pixel-aligned images and missing in the other."""
+    before = analyses.hands_with_wrist_crops(source)
+    after = analyses.hands_with_wrist_crops(candidate)
+
+    def matched(hand: Hand, others: list[Hand]) -> bool:
+        return any(same_place(hand, o) for o in others)
+
+    changes = []
+    for kind, present, image_with, image_without in (("appeared", after, candidate, source),
+                                                     ("vanished", before, source, candidate)):
+        others = before if kind == "appeared" else after
+        for hand in present:
+            if matched(hand, others) or matched(hand, analyses.hands_in_region(image_without, hand.box)):
+                continue
+            change = structural_change(source, candidate, hand)
+            if change >= params.min_change:
+                changes.append(HandChange(kind=kind, hand=hand, change=change))
+    return changes
+
+
+# ---- repair mask ------------------------------------------------------------------------------
+
+
+def repair_mask(size: tuple[int, int], hand: Hand, margin: float, shape: HandShape | None = None,
+                whole_box: bool = False) -> np.ndarray:
+    """Hand, wrist, contact area and a margin: silhouette + landmark hull (or the landmarks' whole box,
+    for a hand that appeared or vanished), extended over the wrist and grown by ``margin`` palms."""
+    w, h = size
+    palm = max(palm_length(hand), 1.0)
+    mask = np.zeros((h, w), np.uint8)
+    points = hand.landmarks[:, :2].astype(np.float64)
+    wrist_dir = points[0] - points[9]
+    wrist_dir /= max(float(np.linalg.norm(wrist_dir)), 1e-6)
+    # the wrist: half a palm past landmark 0, as wide as the palm at the base
+    side = np.array([-wrist_dir[1], wrist_dir[0]]) * 0.35 * palm
+    wrist_end = points[0] + wrist_dir * 0.5 * palm
+    polygon = np.vstack([points, [points[0] + side, points[0] - side, wrist_end + side, wrist_end - side]])
+    cv2.fillConvexPoly(mask, cv2.convexHull(np.round(polygon).astype(np.int32)), 1)
+    if whole_box:
+        x0, y0, x1, y1 = (int(round(float(v))) for v in hand.box)
+        mask[max(0, y0):max(0, y1 + 1), max(0, x0):max(0, x1 + 1)] = 1
+    if shape is not None and shape.silhouette is not None and shape.silhouette_box is not None:
+        x0, y0, x1, y1 = shape.silhouette_box
+        mask[y0:y1, x0:x1] |= shape.silhouette.astype(np.uint8)
+    radius = margin * palm
+    ys, xs = np.nonzero(mask)
+    if radius > 0 and xs.size:  # grow by a distance transform inside the mask's box plus the margin
+        pad = int(np.ceil(radius)) + 1
+        x0, y0 = max(0, xs.min() - pad), max(0, ys.min() - pad)
+        x1, y1 = min(w, xs.max() + pad + 1), min(h, ys.max() + pad + 1)
+        window = mask[y0:y1, x0:x1]
+        distance = cv2.distanceTransform((window == 0).astype(np.uint8), cv2.DIST_L2, 5)
+        mask[y0:y1, x0:x1] = distance <= radius
+    return mask.astype(bool)
+
+
+def _region(ctx: CheckContext, mask: np.ndarray) -> tuple[Region, np.ndarray]:
+    full = ctx.candidate_mask(mask)
+    ys, xs = np.nonzero(full)
+    box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if xs.size else None
+    return Region(box=box, area_fraction=round(float(full.mean()), 5)), full
+
+
+def _hand_evidence(ctx: CheckContext, shape: HandShape) -> dict:
+    hand = shape.hand
+    evidence = {
+        "hand_box": ctx.candidate_box(hand.box),
+        "handedness": hand.handedness,
+        "detection_score": round(hand.score, 3),
+        "palm_px": round(shape.palm * ctx.scale_to_candidate, 1),
+    }
+    if shape.bone_gap is not None:
+        evidence["closest_fingers"] = list(shape.bone_gap_fingers or ())
+        evidence["finger_gap_palms"] = round(shape.bone_gap, 4)
+    if shape.separation is not None:
+        evidence["skin_separation"] = round(shape.separation, 3)
+    if shape.occluded > 0:
+        evidence["covered_by_other_hand"] = round(shape.occluded, 3)
+    if shape.silhouette_valid:
+        evidence["silhouette_fingertips"] = len(shape.fingertips)
+    if shape.finger_support:
+        evidence["skin_under_fingers"] = {k: round(v, 3) for k, v in shape.finger_support.items()}
+    return evidence
+
+
+@register_check("hand_malformed", HandsParams)
+def check_hand_malformed(ctx: CheckContext, params: HandsParams):
+    """Hand skeletons against anatomy and their own silhouette, hands per person, hands gone or new."""
+    image = ctx.candidate
+    hands = analyses.hands_with_wrist_crops(image)
+    compared = ctx.source is not None and ctx.aligned
+    if not hands and not (compared and analyses.hands_with_wrist_crops(ctx.source)):
+        raise CheckSkipped("no hand found (MediaPipe Hands, full frame and around the pose wrists)")
+    shapes = measure_hands(image, hands, params)
+    person = hands_per_person(image, hands, params)
+    if not compared and not any(s.judged for s in shapes) and not (person and person.wrists):
+        raise CheckSkipped(f"every hand found is too small to judge (palm under {params.min_palm_px:g} px "
+                           "at analysis size) and no body pose places them")
+    findings = []
+
+    for shape in shapes:
+        if not shape.judged:
+            continue
+        # Each reason: (how far past its limit, rule, score, threshold, unit, message)
+        reasons = []
+        hidden = shape.occluded >= params.max_occlusion  # partly behind another hand: fingers guessed
+        if shape.bone_gap is not None and shape.bone_gap < params.bone_gap and not hidden:
+            a, b = shape.bone_gap_fingers
+            reasons.append((params.bone_gap / max(shape.bone_gap, 1e-3), "fingers_intersect", shape.bone_gap,
+                            params.bone_gap, "palm lengths",
+                            f"The {a} and {b} fingers of this hand pass through each other "
+                            f"({shape.bone_gap:.2f} palm lengths apart)."))
+        if shape.protrusions:
+            longest = max(shape.protrusions, key=lambda p: p.length)
+            reasons.append((longest.length / params.finger_min_length, "unexplained_finger", longest.length,
+                            params.finger_min_length, "palm lengths",
+                            f"The hand shows {len(shape.protrusions)} finger(s) more than its skeleton has "
+                            f"(a finger-shaped part {longest.length:.2f} palm lengths long)."))
+        extra_tips = [t for t in shape.fingertips if t.skeleton_distance >= params.tip_min_distance
+                      and params.tip_min_width <= t.width <= params.tip_max_width]
+        if extra_tips:
+            tip = max(extra_tips, key=lambda t: t.skeleton_distance)
+            reasons.append((tip.skeleton_distance / params.tip_min_distance, "extra_fingertip", tip.skeleton_distance,
+                            params.tip_min_distance, "palm lengths",
+                            f"The hand's outline has {len(extra_tips)} fingertip(s) that no finger of its skeleton "
+                            f"reaches ({tip.skeleton_distance:.2f} palm lengths away)."))
+        skinless = {k: v for k, v in shape.finger_support.items()
+                    if v <= params.skinless_max_support and not hidden}
+        if skinless:
+            name, support = min(skinless.items(), key=lambda kv: kv[1])
+            reasons.append(((params.skinless_max_support + 0.05) / (support + 0.05), "finger_without_skin", support,
+                            params.skinless_max_support, "share of skin",
+                            f"The {name} finger of this hand has no skin under it ({support:.0%}): a ghosted "
+                            "or missing finger."))
+        if not reasons:
+            continue
+        _, rule, score, threshold, unit, message = max(reasons, key=lambda r: r[0])
+        evidence = _hand_evidence(ctx, shape)
+        evidence["rule"] = rule
+        evidence["rules"] = [r[1] for r in reasons]
+        evidence["reasons"] = [r[5] for r in reasons]
+        if extra_tips:
+            evidence["extra_fingertips"] = [
+                {"distance_palms": t.skeleton_distance, "prominence_palms": t.prominence, "width_palms": t.width,
+                 "at": [round(v * ctx.scale_to_candidate, 1) for v in t.position]} for t in extra_tips]
+        if shape.protrusions:
+            evidence["unexplained_fingers"] = [
+                {"length_palms": p.length, "width_palms": p.width, "box": ctx.candidate_box(p.box)}
+                for p in shape.protrusions]
+        region, mask = _region(ctx, repair_mask(image.size, shape.hand, params.mask_margin, shape))
+        findings.append(make_finding("hand_malformed", params, score=score, threshold=threshold, unit=unit,
+                                     message=message, region=region, evidence=evidence, mask=mask))
+
+    if person is not None and person.extra:
+        union = np.zeros(image.size[::-1], bool)
+        for i in person.distinct:
+            union |= repair_mask(image.size, hands[i], params.mask_margin, shapes[i])
+        region, mask = _region(ctx, union)
+        total = len(person.distinct)
+        evidence = {
+            "rule": "extra_hand", "rules": ["extra_hand"],
+            "hands_at_person": total, "visible_wrists": person.wrists,
+            "hand_boxes": [ctx.candidate_box(hands[i].box) for i in person.distinct],
+            "extra_hand_boxes": [ctx.candidate_box(hands[i].box) for i in person.extra],
+        }
+        held = len(person.matched)
+        findings.append(make_finding(
+            "hand_malformed", params, score=total, threshold=held, unit="hands at one person's wrists",
+            message=f"{total} hands sit at one person's wrists and only {held} can hang from them "
+                    f"({len(person.wrists)} wrist(s) visible): {len(person.extra)} hand(s) too many.",
+            region=region, evidence=evidence, mask=mask))
+
+    if compared:
+        more_faces = len(analyses.faces(image)) > len(analyses.faces(ctx.source))
+        for change in compare_hands(ctx.source, image, params):
+            if change.kind == "appeared" and more_faces:
+                continue  # a person was added, with hands of their own
+            region, mask = _region(ctx, repair_mask(image.size, change.hand, params.mask_margin, whole_box=True))
+            what = ("A hand appeared that the source does not have" if change.kind == "appeared"
+                    else "A hand of the source is gone from the candidate")
+            findings.append(make_finding(
+                "hand_malformed", params, score=change.change, threshold=params.min_change,
+                unit="1 - correlation",
+                message=f"{what} (the pixels of its box correlate {1 - change.change:.2f} with the source).",
+                region=region, mask=mask,
+                evidence={"rule": f"hand_{change.kind}", "rules": [f"hand_{change.kind}"],
+                          "hand_box": ctx.candidate_box(change.hand.box),
+                          "detection_score": round(change.hand.score, 3)}))
+    return findings
