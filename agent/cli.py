@@ -160,6 +160,224 @@ def example(
         typer.echo(f"{role:10s} {path}")
 
 
+# ---- fix: one repair tool by hand ------------------------------------------------------------------
+
+# Module that registers each tool family (the part of the name before the first dot).
+TOOL_MODULES = {"local": "tools.local", "openai": "tools.openai_images", "diffusers": "tools.diffusion"}
+# Local tools that take their region (and settings) from a check's finding when no --mask is given.
+FINDING_CHECKS = {"local.defringe": "edge_halo", "local.expand_canvas": "subject_cropped"}
+# Local tools that cannot run without --mask and no check can stand in for it.
+MASK_REQUIRED = {
+    "local.composite_back": "the edit mask (--mask): outside it the source is restored",
+    "local.crop_first": "the region to repair (--mask), or repair=local.defringe to take it from edge_halo",
+}
+
+
+def _load_tool(name: str):
+    """Import the module that registers ``name`` (all known ones for an unknown family) and get it."""
+    import importlib
+    import importlib.util
+
+    from tools.base import TOOLS
+
+    family = name.split(".", 1)[0]
+    modules = [TOOL_MODULES[family]] if family in TOOL_MODULES else list(TOOL_MODULES.values())
+    for module in modules:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+    return TOOLS.get(name)
+
+
+def _parse_params(items: List[str]) -> dict:
+    """``k=v`` pairs; a value that reads as JSON (numbers, true/false, lists, objects) is taken as such."""
+    import json
+
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail_input(f"--param {item!r} is not KEY=VALUE")
+        try:
+            parsed[key.strip()] = json.loads(value)
+        except ValueError:
+            parsed[key.strip()] = value
+    return parsed
+
+
+def _image_format(path: Path) -> str:
+    from PIL import Image
+
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        _fail_input(f"cannot write {str(path)!r}: give the output a .png, .jpg, .webp or .tif name")
+    return fmt
+
+
+def _save_image(array, path: Path, fmt: str) -> None:
+    from PIL import Image
+
+    from checks.report import atomic_path
+
+    image = Image.fromarray(array)
+    if fmt == "JPEG" and image.mode == "RGBA":
+        image = image.convert("RGB")
+    with atomic_path(path) as tmp:
+        image.save(tmp, format=fmt)
+
+
+def _finding_for(checks: List[str], decoded, source, references, policy):
+    """Run ``checks`` on the image; the first finding (one with a region first), or None.
+    A check that cannot run is an input error; a check that crashed is a check error."""
+    from checks.context import CheckContext
+    from checks.engine import run_checks
+    from checks.images import InputError
+
+    ctx = CheckContext.build(decoded, source, None, references, max_side=policy.analysis.max_side)
+    report = run_checks(ctx, policy, names=checks)
+    for run in report.checks:
+        if run.status.value == "error":
+            typer.echo(f"fixloop: {run.name} failed while looking for the region: {run.error}", err=True)
+            raise typer.Exit(EXIT_CHECK_ERROR)
+    if all(run.status.value == "skipped" for run in report.checks):
+        reasons = "; ".join(f"{run.name} {run.reason}" for run in report.checks)
+        raise InputError(f"the check that finds the region could not run ({reasons}): pass --mask")
+    with_region = [f for f in report.findings if f.mask is not None]
+    return (with_region or report.findings or [None])[0]
+
+
+@app.command()
+def fix(
+    image: Path = typer.Argument(..., help="the image to repair"),
+    tool: str = typer.Option(..., "--tool", "-t", help="repair tool, e.g. local.exposure_color, local.defringe, openai"),
+    template: Optional[str] = typer.Option(None, "--template", help="repair template (hands, face, texture-edge, ...)"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="prompt for a generative tool (openai, diffusers)"),
+    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="negative prompt (diffusers)"),
+    source: Optional[Path] = typer.Option(None, "--source", "-s", help="the image before the broken edit"),
+    mask: Optional[Path] = typer.Option(None, "--mask", "-m", help="where the repair may change pixels (white); "
+                                        "without it the matching check's finding supplies it"),
+    reference: List[Path] = typer.Option([], "--reference", "-r", help="reference image (repeatable)"),
+    param: List[str] = typer.Option([], "--param", help="tool setting KEY=VALUE (repeatable), e.g. feather=12"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="output file (default: IMAGE-fixed.png beside IMAGE)"),
+    mask_out: Optional[Path] = typer.Option(None, "--mask-out", help="also write the mask the tool used or made "
+                                            "(the outpaint mask of local.expand_canvas) as a PNG"),
+    policy: Optional[Path] = typer.Option(None, "--policy", "-p", help="TOML policy for the check that finds the region"),
+) -> None:
+    """Run one repair tool on IMAGE and write the result (never over an input)."""
+    import numpy as np
+
+    from checks.images import InputError, load_image, to_uint8
+    from checks.policy import load_policy
+    from tools.base import RepairError, RepairRequest
+
+    parameters = _parse_params(param)
+    target = out if out is not None else image.with_name(f"{image.stem}-fixed.png")
+    inputs = {p.resolve() for p in (image, source, mask, policy, *reference) if p is not None}
+    for path, flag in ((target, "--out"), (mask_out, "--mask-out")):
+        if path is not None and path.resolve() in inputs:
+            _fail_input(f"output {str(path)!r} is one of the inputs: choose another {flag}")
+    if mask_out is not None and mask_out.resolve() == target.resolve():
+        _fail_input("--mask-out and the output image are the same file")
+    fmt = _image_format(target)
+    mask_fmt = None if mask_out is None else _image_format(mask_out)
+    try:
+        spec = _load_tool(tool)
+    except KeyError as exc:  # an unknown --tool: the registry suggests the closest
+        _fail_input(str(exc.args[0]))
+
+    try:
+        loaded_policy = load_policy(policy)
+        decoded = load_image(image, "image")
+        decoded_source = None if source is None else load_image(source, "source")
+        decoded_refs = [load_image(r, "reference") for r in reference]
+        pixels = to_uint8(decoded.pixels)
+        region = None if mask is None else _mask_for(mask, decoded, decoded_source)
+        if region is None and tool in MASK_REQUIRED and parameters.get("repair") not in FINDING_CHECKS:
+            raise InputError(f"{tool} needs {MASK_REQUIRED[tool]}")
+
+        # Without --mask, the region (and for local tools the finding itself) comes from the check
+        # that reports what this repair fixes.
+        checks = [] if region is not None else _checks_for(tool, template, parameters)
+        if checks:
+            finding = _finding_for(checks, decoded, decoded_source, decoded_refs, loaded_policy)
+            if finding is None:
+                typer.echo(f"{', '.join(checks)}: no finding on {image}, nothing to repair; nothing written")
+                raise typer.Exit(EXIT_PASS)
+            if tool.startswith("local."):
+                parameters["finding"] = finding
+            if tool != "local.expand_canvas":  # that one reads how far to extend, not a region
+                region = finding.mask  # None for a whole-image defect (exposure, colour)
+
+        request = RepairRequest(
+            image=pixels,
+            mask=region,
+            source=None if decoded_source is None else to_uint8(decoded_source.pixels),
+            references=[to_uint8(r.pixels) for r in decoded_refs],
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            template=template,
+            parameters=parameters,
+        )
+        result = spec.function(request)
+    except (InputError, RepairError) as exc:
+        _fail_input(str(exc))
+
+    fixed = result.image
+    if decoded.alpha is not None and fixed.shape[:2] == pixels.shape[:2] and fmt != "JPEG":
+        fixed = np.dstack([fixed, to_uint8(decoded.alpha)])  # a cut-out stays a cut-out
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _save_image(fixed, target, fmt)
+        if mask_out is not None and result.mask is not None:
+            _save_image(result.mask.astype(np.uint8) * 255, mask_out, mask_fmt)
+        elif mask_out is not None:
+            typer.echo(f"fixloop: {result.tool} used no mask; {mask_out} not written", err=True)
+    except OSError as exc:
+        _fail_input(f"could not write {str(target)!r} ({exc.strerror}): choose a writable --out")
+
+    h, w = result.image.shape[:2]
+    typer.echo(f"{result.tool}: wrote {target} ({w}x{h}) in {result.seconds:.2f} s, cost ${result.cost_usd:.4f}")
+    raise typer.Exit(EXIT_PASS)
+
+
+def _mask_for(path: Path, decoded, decoded_source):
+    """--mask at the image's size (a mask at the source's size is scaled when the framing matches)."""
+    import cv2
+    import numpy as np
+
+    from checks.images import InputError, load_mask
+
+    region = load_mask(path)
+    width, height = decoded.size
+    if region.shape != (height, width):
+        sw, sh = decoded_source.size if decoded_source is not None else (0, 1)
+        if region.shape != (sh, sw) or abs((width / height) / (sw / sh) - 1) > 0.03:
+            raise InputError(f"mask {str(path)!r} is {region.shape[1]}x{region.shape[0]} but the image is "
+                             f"{width}x{height}: export the mask at the image's size")
+        region = cv2.resize(region.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+    if not region.any():
+        raise InputError(f"mask {str(path)!r} is empty (no white pixels): paint the area to repair in white")
+    return region
+
+
+def _checks_for(tool: str, template: Optional[str], parameters: dict) -> List[str]:
+    """The checks whose finding supplies a repair's region when --mask is missing (none: no check)."""
+    from checks.base import DEFECT_KINDS
+    from checks.images import InputError
+
+    if tool == "local.expand_canvas":
+        return [] if ("aspect" in parameters or "extend" in parameters) else [FINDING_CHECKS[tool]]
+    if tool in FINDING_CHECKS:
+        return [FINDING_CHECKS[tool]]
+    if tool == "local.crop_first":
+        return [FINDING_CHECKS[parameters["repair"]]] if parameters.get("repair") in FINDING_CHECKS else []
+    if template is None or tool.startswith("local."):
+        return []
+    kinds = [k.name for k in DEFECT_KINDS.values() if k.template == template]
+    if not kinds:
+        raise InputError(f"no check reports defects for template {template!r}: pass --mask")
+    return kinds
+
+
 def main() -> None:
     app()
 
