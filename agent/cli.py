@@ -297,6 +297,7 @@ def fix(
         # Without --mask, the region (and for local tools the finding itself) comes from the check
         # that reports what this repair fixes.
         checks = [] if region is not None else _checks_for(tool, template, parameters)
+        finding = None
         if checks:
             finding = _finding_for(checks, decoded, decoded_source, decoded_refs, loaded_policy)
             if finding is None:
@@ -306,6 +307,18 @@ def fix(
                 parameters["finding"] = finding
             if tool != "local.expand_canvas":  # that one reads how far to extend, not a region
                 region = finding.mask  # None for a whole-image defect (exposure, colour)
+
+        if template is not None and prompt is None and not tool.startswith("local."):
+            # A generative tool with a template and no hand-written prompt: render the template,
+            # its slots filled from the finding (and the image size for "left hand / right hand").
+            from prompts import render
+
+            slots = {"image_size": [pixels.shape[1], pixels.shape[0]]}
+            rendered = render(template, finding, request=slots)
+            prompt = rendered.gpt_image_prompt if tool == "openai" else rendered.positive
+            negative_prompt = negative_prompt or rendered.negative
+            if tool == "diffusers":
+                parameters = {**rendered.diffusion_parameters(), **parameters}
 
         request = RepairRequest(
             image=pixels,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from tests import defects
 from tests.conftest import photo
-from tests.test_cli import fixloop
+from tests.test_cli import FIXLOOP as FIXLOOP_CMD, fixloop
 
 
 def save(folder: Path, name: str, array: np.ndarray) -> Path:
@@ -162,3 +163,27 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path):
 def test_help_lists_fix():
     result = fixloop("fix", "--help")
     assert result.returncode == 0 and "--tool" in result.stdout and "--param" in result.stdout
+
+
+def test_openai_fix_renders_the_hands_template_and_takes_the_mask_from_the_finding(tmp_path):
+    """`fixloop fix --tool openai --template hands` on a generated image with a malformed hand: the
+    prompt is the rendered template, the mask comes from hand_malformed's finding."""
+    import os
+
+    from tests.openai_server import OpenAIImagesServer
+
+    image = tmp_path / "hand.png"
+    Image.fromarray(photo("gen_hand_malformed_03.jpg")).save(image)
+    with OpenAIImagesServer(api_key="sk-loopback") as server:
+        env = {**os.environ, "OPENAI_BASE_URL": server.base_url, "OPENAI_API_KEY": "sk-loopback"}
+        result = subprocess.run([*FIXLOOP_CMD, "fix", str(image), "--tool", "openai", "--template", "hands",
+                                 "--out", str(tmp_path / "fixed.png")],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode == 0, result.stderr
+        sent = server.requests[0]
+        prompt = sent.field("prompt")
+        assert "hand" in prompt.lower() and "{" not in prompt
+        alpha = sent.mask.decode()
+        alpha = alpha[..., 3] if alpha.ndim == 3 else alpha
+        assert 0 < (alpha == 0).mean() < 0.5  # only the hand region is editable
+    assert (tmp_path / "fixed.png").is_file()
