@@ -13,20 +13,11 @@ import cv2
 import numpy as np
 
 from checks.color import white_balance_gains
+from checks.images import linear_to_srgb8, srgb_to_linear
 from checks.report import atomic_path
 
 EXAMPLE_EV = -0.5  # the edit darkened the picture by half a stop
 EXAMPLE_MIRED = 30.0  # and warmed it by 30 mired
-
-
-def _linear(image: np.ndarray) -> np.ndarray:
-    x = image.astype(np.float32) / 255.0
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def _srgb(linear: np.ndarray) -> np.ndarray:
-    x = np.clip(linear, 0, 1)
-    return np.clip(np.rint(np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055) * 255), 0, 255).astype(np.uint8)
 
 
 def build_example() -> dict[str, np.ndarray]:
@@ -45,7 +36,8 @@ def build_example() -> dict[str, np.ndarray]:
     touched = mask.astype(bool).copy()
     touched[300:420, 250:330] = True  # the spill: the edit leaked left of its mask
     edited[touched] = recoloured[touched]
-    candidate = _srgb(_linear(edited) * 2.0**EXAMPLE_EV * white_balance_gains(EXAMPLE_MIRED))
+    linear = srgb_to_linear(edited.astype(np.float32) / 255.0)
+    candidate = linear_to_srgb8(linear * 2.0**EXAMPLE_EV * white_balance_gains(EXAMPLE_MIRED))
     return {"source": source, "mask": mask, "candidate": candidate}
 
 

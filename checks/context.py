@@ -17,7 +17,17 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
-from checks.images import DecodedImage, InputError, as_float, decoded_from_array, load_image, load_mask, to_uint8
+from checks.images import (
+    SRGB8_TO_LINEAR,
+    DecodedImage,
+    InputError,
+    as_float,
+    decoded_from_array,
+    load_image,
+    load_mask,
+    srgb_to_linear,
+    to_uint8,
+)
 
 # Largest side at which checks measure; bigger inputs are measured at this size.
 DEFAULT_MAX_SIDE = 2048
@@ -62,8 +72,7 @@ class AnalysisImage:
         """Linear-light RGB (sRGB transfer removed)."""
         if self.pixels.dtype == np.uint8:
             return SRGB_TO_LINEAR[self.pixels]
-        rgb = self.rgb
-        return np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4).astype(np.float32)
+        return srgb_to_linear(self.rgb).astype(np.float32)
 
     @cached_property
     def luminance(self) -> np.ndarray:
@@ -77,8 +86,7 @@ class AnalysisImage:
         return cv2.cvtColor(self.rgb, cv2.COLOR_RGB2Lab)
 
 
-_levels = np.arange(256, dtype=np.float64) / 255.0
-SRGB_TO_LINEAR = np.where(_levels <= 0.04045, _levels / 12.92, ((_levels + 0.055) / 1.055) ** 2.4).astype(np.float32)
+SRGB_TO_LINEAR = SRGB8_TO_LINEAR.astype(np.float32)
 
 
 def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:

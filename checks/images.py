@@ -143,3 +143,19 @@ def as_float(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.uint8:
         return pixels.astype(np.float32) * np.float32(1 / 255)
     return pixels.astype(np.float32, copy=False)
+
+
+def srgb_to_linear(values: np.ndarray) -> np.ndarray:
+    """The sRGB transfer function removed: sRGB-encoded values in [0, 1] -> linear light (same dtype)."""
+    return np.where(values <= 0.04045, values / 12.92, ((values + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb8(linear: np.ndarray) -> np.ndarray:
+    """Linear light -> sRGB-encoded uint8, clipped to [0, 1] first."""
+    x = np.clip(linear, 0.0, 1.0)
+    encoded = np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1 / 2.4) - 0.055)
+    return np.clip(np.rint(encoded * 255.0), 0, 255).astype(np.uint8)
+
+
+# Linear light of each 8-bit sRGB level (float64), for table look-ups.
+SRGB8_TO_LINEAR = srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0)

@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from checks.images import linear_to_srgb8, srgb_to_linear
+
 
 @dataclass
 class Case:
@@ -33,14 +35,11 @@ def jpeg(image: np.ndarray, quality: int = 85, scale: float = 1.0) -> np.ndarray
 
 
 def to_linear(image: np.ndarray) -> np.ndarray:
-    x = image.astype(np.float32) / 255.0
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    """uint8 sRGB -> float32 linear light."""
+    return srgb_to_linear(image.astype(np.float32) / 255.0)
 
 
-def to_srgb(linear: np.ndarray) -> np.ndarray:
-    x = np.clip(linear, 0, 1)
-    y = np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055)
-    return np.clip(np.rint(y * 255), 0, 255).astype(np.uint8)
+to_srgb = linear_to_srgb8
 
 
 def centre_box_mask(shape: tuple[int, ...], fraction: float = 0.3) -> np.ndarray:

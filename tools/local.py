@@ -34,6 +34,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from checks.images import SRGB8_TO_LINEAR, linear_to_srgb8
 from tools.base import (
     TOOLS,
     RepairError,
@@ -59,17 +60,13 @@ WHITE_TARGETS_K = {
     "cool overcast": 7500.0,
 }
 
-_LEVELS = np.arange(256, dtype=np.float64) / 255.0
-_SRGB_TO_LINEAR = np.where(_LEVELS <= 0.04045, _LEVELS / 12.92, ((_LEVELS + 0.055) / 1.055) ** 2.4)
+_SRGB_TO_LINEAR = SRGB8_TO_LINEAR
 
 
 # ---- small shared pieces ------------------------------------------------------------------------
 
 
-def _to_srgb8(linear: np.ndarray) -> np.ndarray:
-    x = np.clip(linear, 0.0, 1.0)
-    y = np.where(x <= 0.0031308, x * 12.92, 1.055 * np.power(x, 1 / 2.4) - 0.055)
-    return np.clip(np.rint(y * 255.0), 0, 255).astype(np.uint8)
+_to_srgb8 = linear_to_srgb8
 
 
 def _gain_luts(gains: np.ndarray) -> np.ndarray:
