@@ -352,6 +352,118 @@ def fix(
     raise typer.Exit(EXIT_PASS)
 
 
+# ---- repair: the loop -------------------------------------------------------------------------------
+
+BACKENDS = ("local", "openai", "diffusers")
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def _backend_ready(backend: str, model: Optional[str], policy) -> None:
+    """Fail early, in one line, when the backend cannot run at all (no key, no model, no library)."""
+    import importlib.util
+    import os
+
+    from checks.images import InputError
+
+    if backend == "openai" and not os.environ.get("OPENAI_API_KEY"):
+        raise InputError("--backend openai needs an API key: set OPENAI_API_KEY (and OPENAI_BASE_URL for another endpoint)")
+    if backend == "diffusers":
+        if importlib.util.find_spec("diffusers") is None or importlib.util.find_spec("torch") is None:
+            raise InputError("--backend diffusers needs torch and diffusers: pip install 'fixloop[diffusion]'")
+        if not (model or policy.repair.diffusers_model or os.environ.get("FIXLOOP_DIFFUSION_MODEL")):
+            raise InputError("--backend diffusers needs an inpainting checkpoint: pass --model PATH_OR_HUB_ID "
+                             "or set FIXLOOP_DIFFUSION_MODEL")
+
+
+@app.command()
+def repair(
+    image: Optional[Path] = typer.Argument(None, help="the image to repair (not needed with --resume)"),
+    source: Optional[Path] = typer.Option(None, "--source", "-s", help="the image before the broken edit"),
+    mask: Optional[Path] = typer.Option(None, "--mask", "-m", help="edit mask: white = where the edit was allowed"),
+    reference: List[Path] = typer.Option([], "--reference", "-r", help="identity / style reference (repeatable)"),
+    backend: str = typer.Option("local", "--backend", "-b", help="local (offline, free), openai (GPT Image) or diffusers"),
+    model: Optional[str] = typer.Option(None, "--model", help="GPT Image model, or the diffusers inpainting checkpoint"),
+    budget_passes: Optional[int] = typer.Option(None, "--budget-passes", min=0, help="repair attempts at most (policy default 8)"),
+    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", min=0.0, help="US dollars at most (policy default 2.00)"),
+    budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", min=1.0, help="wall seconds at most (policy default 900)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: fixloop-runs/RUN_ID)"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue the run with this id from its last checkpoint"),
+    approve: bool = typer.Option(False, "--approve", help="ask before every paid repair"),
+    polish: Optional[bool] = typer.Option(None, "--polish/--no-polish", help="also repair P2 findings at the end"),
+    policy: Optional[Path] = typer.Option(None, "--policy", "-p", help="TOML policy laid over the defaults"),
+    as_json: bool = typer.Option(False, "--json", help="print report.json on stdout (progress stays on stderr)"),
+) -> None:
+    """Repair IMAGE in a checked loop: inspect, fix the worst defect, verify, repeat; write final, report, review."""
+    from agent.progress import ConsoleProgress, ask_approval
+    from agent.runner import new_run_id, resume_run, start_run
+    from agent.state import Budget, RunInputs
+    from checks.images import InputError
+    from checks.policy import load_policy
+
+    if (image is None) == (resume is None):
+        _fail_input("give IMAGE to start a run, or --resume RUN_ID to continue one (not both)")
+    if backend not in BACKENDS:
+        _fail_input(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    progress = ConsoleProgress()
+    approver = ask_approval(progress.console) if approve else None
+    try:
+        if resume is not None:
+            state = resume_run(resume, progress=progress, approver=approver or (ask_approval(progress.console)))
+        else:
+            loaded = load_policy(policy)
+            _backend_ready(backend, model, loaded)
+            settings = loaded.repair
+            budget = Budget(max_passes=settings.max_passes if budget_passes is None else budget_passes,
+                            max_usd=settings.max_usd if budget_usd is None else budget_usd,
+                            max_seconds=settings.max_seconds if budget_seconds is None else budget_seconds)
+            run_id = new_run_id()
+            folder = (out or Path("fixloop-runs") / run_id).resolve()
+            inputs_given = [p.resolve() for p in (image, source, mask, policy, *reference) if p is not None]
+            if folder in inputs_given or any(p.parent == folder and p.name.startswith(("final.", "review.", "report."))
+                                             for p in inputs_given):
+                raise InputError(f"--out {str(out)!r} would overwrite an input: choose another folder")
+            inputs = RunInputs(
+                image=str(image.resolve()), source=None if source is None else str(source.resolve()),
+                mask=None if mask is None else str(mask.resolve()), references=[str(r.resolve()) for r in reference],
+                policy=None if policy is None else str(policy.resolve()), backend=backend, model=model,
+                polish=settings.polish if polish is None else polish, approve=approve, seed=settings.seed,
+                out_dir=str(folder), output_format=OUTPUT_FORMATS.get(image.suffix.lower(), "PNG"))
+            state = start_run(inputs, budget, progress=progress, approver=approver, run_id=run_id)
+    except InputError as exc:
+        progress.stop()
+        _fail_input(str(exc))
+    except OSError as exc:
+        progress.stop()
+        _fail_input(f"could not write the run folder ({exc.strerror}: {exc.filename}): choose a writable --out")
+    progress.stop()
+    if as_json:
+        report = Path(state.inputs.out_dir) / "report.json"
+        sys.stdout.write(report.read_text(encoding="utf-8") if report.exists() else "{}\n")
+    if not state.finished:
+        typer.echo(f"fixloop: run {state.run_id} is paused before a paid repair; continue it with "
+                   f"fixloop repair --resume {state.run_id}", err=True)
+        raise typer.Exit(EXIT_FAIL)
+    raise typer.Exit(VERDICT_EXIT.get(state.verdict or "error", EXIT_CHECK_ERROR))
+
+
+@app.command("runs")
+def list_runs_command() -> None:
+    """List the repair runs in the checkpoint file, newest first (ids for --resume)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent.runner import checkpoint_path, list_runs
+
+    table = Table(title=f"fixloop runs ({checkpoint_path()})")
+    for column in ("run id", "image", "backend", "status", "passes", "spent", "folder"):
+        table.add_column(column, overflow="fold")
+    for state in list_runs():
+        status = (state.stop_reason or "finished") if state.finished else "interrupted: --resume it"
+        table.add_row(state.run_id, Path(state.inputs.image).name, state.inputs.backend, status,
+                      str(state.spend.passes), f"${state.spend.usd:.4f}", state.inputs.out_dir)
+    Console().print(table)
+
+
 def _mask_for(path: Path, decoded, decoded_source):
     """--mask at the image's size (a mask at the source's size is scaled when the framing matches)."""
     import cv2

@@ -10,13 +10,21 @@ Coordinates are pixels of the analysis image (x right, y down).
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from checks.context import AnalysisImage
+
+# MediaPipe's C++ side (glog, TFLite) logs INFO and warnings to stderr on every model load; they say
+# nothing a user can act on. Quiet them unless the user asked for them.
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 # MediaPipe Pose landmark indices used by the checks.
 POSE_NOSE, POSE_LEFT_EYE, POSE_RIGHT_EYE, POSE_LEFT_EAR, POSE_RIGHT_EAR = 0, 2, 5, 7, 8
@@ -57,14 +65,40 @@ class Hand:
 
 
 _LOCK = threading.Lock()
+_WARMED: set[int] = set()  # models that have run once (their start-up chatter is over)
+
+
+@contextmanager
+def _native_stderr_muted():
+    """Silence the native (C++) stderr of MediaPipe while a model loads or runs for the first time:
+    absl and TFLite print start-up notes there that glog's level does not reach. Python exceptions
+    are unaffected. FIXLOOP_NATIVE_LOGS=1 keeps the notes."""
+    if os.environ.get("FIXLOOP_NATIVE_LOGS") == "1":
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @lru_cache(maxsize=None)
 def _pose_model():
     import mediapipe as mp
 
-    return mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=True,
-                                  min_detection_confidence=0.5)
+    with _native_stderr_muted():
+        return mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=True,
+                                      min_detection_confidence=0.5)
 
 
 @lru_cache(maxsize=None)
@@ -72,27 +106,35 @@ def _face_model():
     import mediapipe as mp
 
     # model 1 = full-range (faces up to about 5 m), which also covers group and body shots
-    return mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
+    with _native_stderr_muted():
+        return mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
 
 
 @lru_cache(maxsize=None)
 def _hands_model():
     import mediapipe as mp
 
-    return mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=8, model_complexity=1,
-                                    min_detection_confidence=0.3)
+    with _native_stderr_muted():
+        return mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=8, model_complexity=1,
+                                        min_detection_confidence=0.3)
 
 
 @lru_cache(maxsize=None)
 def _segmentation_model():
     import mediapipe as mp
 
-    return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+    with _native_stderr_muted():
+        return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
 
 
 def _process(model, rgb: np.ndarray):
     with _LOCK:
-        return model.process(rgb)
+        if id(model) in _WARMED:
+            return model.process(rgb)
+        with _native_stderr_muted():
+            result = model.process(rgb)
+        _WARMED.add(id(model))
+        return result
 
 
 def pose(image: AnalysisImage) -> Pose | None:

@@ -31,6 +31,26 @@ class AnalysisSettings(BaseModel):
     max_side: int = Field(ge=64, le=16384, description="long side, in pixels, at which checks measure")
 
 
+class RepairSettings(BaseModel):
+    """How the repair loop (``fixloop repair``) spends its budget and judges its attempts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_passes: int = Field(ge=0, le=100, description="repair attempts at most per run")
+    max_usd: float = Field(ge=0, description="US dollars at most per run")
+    max_seconds: float = Field(gt=0, description="wall seconds at most per run")
+    max_attempts_per_defect: int = Field(ge=1, le=10, description="attempts on one defect before it is left open")
+    min_improvement: float = Field(gt=0, le=1, description="share of a finding's excess past its limit a repair must remove")
+    worse_factor: float = Field(gt=1, description="a finding whose severity grows by this factor was made worse")
+    polish: bool = Field(description="also repair P2 findings once no P0/P1 is left")
+    seed: int = Field(ge=0, description="seed locked for every generative attempt of a run")
+    wider_mask: float = Field(gt=0, le=0.2, description="share of the image diagonal a mask grows on the wider-mask rung")
+    openai_model: str = Field(description="GPT Image model; '' = the tool's default")
+    openai_quality: str = Field(pattern="^(low|medium|high|auto)$", description="quality of loop repairs")
+    diffusers_model: str = Field(description="inpainting checkpoint (folder or hub id); '' = FIXLOOP_DIFFUSION_MODEL")
+    diffusers_controlnet: str = Field(description="ControlNet for the control-map rung; '' = none (that rung is skipped)")
+
+
 class Policy(BaseModel):
     """A validated policy: gate rules, analysis settings and one params object per check."""
 
@@ -39,6 +59,7 @@ class Policy(BaseModel):
     name: str
     gate: GateRules
     analysis: AnalysisSettings
+    repair: RepairSettings
     checks: dict[str, CheckParams]
     raw: dict[str, Any] = Field(repr=False, description="the merged TOML, for reports")
 
@@ -92,8 +113,10 @@ def load_policy(path: str | Path | None = None) -> Policy:
         gate = GateRules.model_validate(raw.get("gate", {}))
         section = "analysis"
         analysis = AnalysisSettings.model_validate(raw.get("analysis", {}))
+        section = "repair"
+        repair = RepairSettings.model_validate(raw.get("repair", {}))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join([section, *(str(p) for p in first["loc"])])
         raise InputError(f"{label}: {where}: {first['msg']}: fix the value") from None
-    return Policy(name=name, gate=gate, analysis=analysis, checks=checks, raw=raw)
+    return Policy(name=name, gate=gate, analysis=analysis, repair=repair, checks=checks, raw=raw)

@@ -1,0 +1,392 @@
+"""The repair loop as a LangGraph StateGraph.
+
+    inspect -> triage -> plan -> [approve] -> repair -> verify -> triage -> ... -> finish
+
+- **inspect** runs every enabled check on the input once.
+- **triage** picks the next target in the failure library's order, or stops the run (nothing left,
+  everything left is open, or the budget is spent): see :mod:`agent.triage`.
+- **plan** maps the target to template, tool, mask and parameters, one rung further up its
+  escalation ladder after each failed attempt: see :mod:`agent.planner`. A defect no backend can
+  repair is recorded as open, with the plan that would fix it, and triage picks the next one.
+- **approve** (only with ``--approve``, only before a paid call) pauses the graph with a LangGraph
+  interrupt; the answer resumes it.
+- **repair** runs the tool. It never writes over an input: the output and the mask it used are new
+  files in the run folder.
+- **verify** runs the checks on the output and accepts it or rolls back: see :mod:`agent.verify`.
+- **finish** writes ``final.png``, ``report.json`` and ``review.png``.
+
+The state (:class:`agent.state.RunState`) is checkpointed after every node with LangGraph's SQLite
+checkpointer, under the run id; a run killed after a paid call resumes at verify and never pays for
+that call again. Images, masks, the decoded source and the loaded models are not in the state:
+:class:`RunContext` holds them for one process and rebuilds them from the files on resume.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+
+from agent.files import RunFiles
+from agent.findings import record_findings
+from agent.planner import PlanContext, plan_repair
+from agent.state import Attempt, MaskSource, OpenDefect, Outcome, RunInputs, RunState, Spend
+from agent.triage import triage as choose_next
+from agent.verify import judge, outside_change
+from checks.images import DecodedImage, decoded_from_array, load_image, load_mask, to_uint8
+from checks.policy import Policy, load_policy
+
+Progress = Callable[..., None]
+
+# Which module registers each tool family (imported only when a run uses it).
+TOOL_MODULES = {"local": "tools.local", "openai": "tools.openai_images", "diffusers": "tools.diffusion"}
+
+
+def tool_spec(name: str):
+    import importlib
+
+    from tools.base import TOOLS
+
+    importlib.import_module(TOOL_MODULES[name.split(".", 1)[0]])
+    return TOOLS.get(name)
+
+
+@dataclass
+class RunContext:
+    """What one process of a run holds besides the state: decoded inputs, policy, files, progress."""
+
+    inputs: RunInputs
+    policy: Policy
+    files: RunFiles
+    source: DecodedImage | None = None
+    edit_mask: np.ndarray | None = None  # bool, the source's (or the input's) size
+    references: list[DecodedImage] = field(default_factory=list)
+    input_alpha: np.ndarray | None = None  # a cut-out's alpha: checks see it, the final keeps it
+    progress: Progress | None = None
+    _analysed: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, inputs: RunInputs, progress: Progress | None = None) -> "RunContext":
+        """Decode the inputs once (raises InputError with a one-line message on bad input)."""
+        policy = load_policy(inputs.policy)
+        protected = [inputs.image, inputs.source, inputs.mask, inputs.policy, *inputs.references]
+        files = RunFiles(inputs.out_dir, protected)
+        decoded = load_image(inputs.image, "image")
+        files._images[inputs.image] = to_uint8(decoded.pixels)
+        return cls(
+            inputs=inputs, policy=policy, files=files,
+            source=None if inputs.source is None else load_image(inputs.source, "source"),
+            edit_mask=None if inputs.mask is None else load_mask(inputs.mask),
+            references=[load_image(r, "reference") for r in inputs.references],
+            input_alpha=decoded.alpha, progress=progress)
+
+    def tell(self, event: str, **data: Any) -> None:
+        if self.progress is not None:
+            self.progress(event, **data)
+
+    def image_array(self, path: str) -> np.ndarray:
+        return self.files.image(path)
+
+    def source_pixels(self) -> np.ndarray | None:
+        return None if self.source is None else to_uint8(self.source.pixels)
+
+    def mask_for(self, image: np.ndarray) -> np.ndarray | None:
+        """The user's edit mask at ``image``'s size (None when there is none or the framing changed)."""
+        import cv2
+
+        if self.edit_mask is None:
+            return None
+        h, w = image.shape[:2]
+        if self.edit_mask.shape == (h, w):
+            return self.edit_mask
+        mh, mw = self.edit_mask.shape
+        if abs((w / h) / (mw / mh) - 1) > 0.03:
+            return None
+        return cv2.resize(self.edit_mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+
+    def check(self, image: np.ndarray):
+        """Run the enabled checks on ``image`` against the run's source, mask and references."""
+        from checks.context import CheckContext
+        from checks.engine import run_checks
+
+        candidate = image
+        if self.input_alpha is not None and self.input_alpha.shape == image.shape[:2]:
+            candidate = np.dstack([image, to_uint8(self.input_alpha)])
+        ctx = CheckContext.build(decoded_from_array(candidate), self.source, self.edit_mask, self.references,
+                                 max_side=self.policy.analysis.max_side)
+        # The source and references are analysed once per run, not once per pass.
+        if ctx.source is not None:
+            key = f"source:{ctx.size}"
+            ctx.source = self._analysed.setdefault(key, ctx.source)
+        if ctx.references:
+            ctx.references = self._analysed.setdefault("references", ctx.references)
+        ctx.mask_path = self.inputs.mask
+        return run_checks(ctx, self.policy)
+
+
+def _spend(state: RunState, started: float, **extra: float) -> Spend:
+    """The run's spend with this node's wall time (and ``extra`` increments) added."""
+    spend = state.spend.model_copy()
+    spend.seconds += time.perf_counter() - started
+    for key, value in extra.items():
+        setattr(spend, key, getattr(spend, key) + value)
+    return spend
+
+
+def _check_notes(report) -> list[str]:
+    return [f"{run.name} {run.status.value}: {run.reason or run.error}" for run in report.checks
+            if run.status.value != "ok"]
+
+
+# ---- nodes --------------------------------------------------------------------------------------
+
+
+def inspect(state: RunState, runtime: Runtime[RunContext]) -> dict:
+    ctx = runtime.context
+    started = time.perf_counter()
+    image_path = state.current_image or state.inputs.image
+    image = ctx.image_array(image_path)
+    t0 = time.perf_counter()
+    report = ctx.check(image)
+    check_seconds = time.perf_counter() - t0
+    findings = record_findings(report.findings, [], ctx.files, "work/pass-00")
+    ctx.tell("inspect", findings=findings, verdict=report.verdict)
+    return {"current_image": image_path, "findings": findings, "verdict": report.verdict,
+            "check_notes": _check_notes(report), "spend": _spend(state, started, check_seconds=check_seconds)}
+
+
+def triage(state: RunState, runtime: Runtime[RunContext]) -> dict:
+    started = time.perf_counter()
+    ctx = runtime.context
+    result = choose_next(state.findings, state.open_defects, [p.value for p in ctx.policy.gate.fail_on],
+                         state.inputs.polish, state.budget, state.spend, state.verdict)
+    update: dict[str, Any] = {"target": result.target, "plan": None}
+    if result.blocked:
+        update["open_defects"] = {**state.open_defects, **result.blocked}
+    if result.stop_reason:
+        update["stop_reason"] = result.stop_reason
+    else:
+        ctx.tell("target", target=result.target, tries=state.tries.get(result.target.key, 0))
+    update["spend"] = _spend(state, started)
+    return update
+
+
+def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
+    started = time.perf_counter()
+    ctx = runtime.context
+    image = ctx.image_array(state.current_image)
+    settings = ctx.policy.repair
+    paid = [a.cost_usd for a in state.attempts if a.plan.paid and a.cost_usd > 0]
+    plan_ctx = PlanContext(
+        backend=state.inputs.backend, settings=settings, image_size=(image.shape[1], image.shape[0]),
+        has_source=ctx.source is not None, has_mask=ctx.mask_for(image) is not None,
+        references=list(state.inputs.references), source=state.inputs.source,
+        model=state.inputs.model or (settings.openai_model if state.inputs.backend == "openai" else None) or None,
+        base_url=state.inputs.base_url, seed=state.inputs.seed,
+        spent_usd=state.spend.usd, max_usd=state.budget.max_usd, paid_costs=paid)
+    decision = plan_repair(state.target, state.findings, state.attempts, plan_ctx)
+    update: dict[str, Any] = {"plan": decision.plan, "approved": None}
+    if decision.stop:
+        update["stop_reason"] = decision.stop
+    elif decision.open:
+        update["open_defects"] = {**state.open_defects, decision.open.key: decision.open}
+        ctx.tell("open", defect=decision.open)
+    else:
+        ctx.tell("plan", plan=decision.plan, attempt=state.spend.passes + 1)
+    update["spend"] = _spend(state, started)
+    return update
+
+
+def approve(state: RunState, runtime: Runtime[RunContext]) -> dict:
+    """Pause before a paid call and ask (a LangGraph interrupt); the resume value is the answer."""
+    plan = state.plan
+    answer = interrupt({
+        "question": f"Run a paid {plan.tool} edit for {plan.target.kind} ({plan.change})?",
+        "tool": plan.tool, "target": plan.target.key, "estimated_usd": plan.estimated_usd,
+        "spent_usd": round(state.spend.usd, 4), "budget_usd": state.budget.max_usd,
+    })
+    if answer:
+        return {"approved": True}
+    declined = Attempt(index=len(state.attempts) + 1, plan=plan, before_image=state.current_image,
+                       outcome=Outcome.declined, reason="declined: the paid call was not approved")
+    defect = OpenDefect(key=plan.target.key, kind=plan.target.kind, priority=plan.target.priority,
+                        reason="the paid repair was declined", would_fix=f"{plan.tool} with the {plan.template} template")
+    return {"approved": False, "plan": None, "attempts": [declined],
+            "open_defects": {**state.open_defects, defect.key: defect}}
+
+
+def _repair_mask(plan, state: RunState, ctx: RunContext, image: np.ndarray) -> np.ndarray | None:
+    from tools.masks import dilate
+
+    mask = None
+    if plan.mask_source == MaskSource.edit_mask:
+        mask = ctx.mask_for(image)
+    elif plan.mask_source == MaskSource.finding and plan.target.mask_file:
+        mask = ctx.files.mask(plan.target.mask_file)
+    elif plan.mask_source == MaskSource.previous_attempt:
+        rejected = next(a for a in reversed(state.attempts) if a.image == plan.base_image)
+        mask = ctx.files.mask(rejected.mask)
+    if mask is not None and plan.mask_grow_px:
+        mask = dilate(mask, plan.mask_grow_px)
+    return mask
+
+
+def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
+    from agent.findings import to_finding
+    from tools.base import ModerationBlocked, RepairError, RepairRequest
+
+    started = time.perf_counter()
+    ctx = runtime.context
+    plan = state.plan
+    index = len(state.attempts) + 1
+    attempt = Attempt(index=index, plan=plan, before_image=state.current_image)
+    before = ctx.image_array(state.current_image)
+    tool_seconds, cost = 0.0, 0.0
+    try:
+        image = ctx.image_array(plan.base_image) if plan.base_image else before
+        mask = _repair_mask(plan, state, ctx, image)
+        source = before if plan.salvage else ctx.source_pixels()
+        parameters = dict(plan.parameters)
+        parameters.pop("attempt", None)
+        if plan.tool.startswith("local.") and plan.tool != "local.composite_back":
+            parameters["finding"] = to_finding(plan.target, mask if plan.mask_source == MaskSource.finding else None)
+        if plan.prepare == "expand_canvas":
+            t0 = time.perf_counter()
+            grown = tool_spec("local.expand_canvas").function(
+                RepairRequest(image=image, parameters={"finding": to_finding(plan.target)}))
+            tool_seconds += time.perf_counter() - t0
+            image, mask = grown.image, grown.mask
+            attempt.notes.append(f"canvas grown to {image.shape[1]}x{image.shape[0]} for the outpaint")
+        request = RepairRequest(image=image, mask=mask, source=source,
+                                references=[ctx.image_array(r) for r in plan.references],
+                                prompt=plan.prompt, negative_prompt=plan.negative_prompt,
+                                template=plan.template, parameters=parameters)
+        ctx.tell("repair", plan=plan, attempt=index)
+        t0 = time.perf_counter()
+        result = tool_spec(plan.tool).function(request)
+        tool_seconds += time.perf_counter() - t0
+        cost = float(result.cost_usd)
+        name = f"attempts/{index:02d}-{plan.tool}.png"
+        attempt.image = ctx.files.save_image(result.image, name)
+        # the mask where the tool changed pixels (an exposure pass changes every pixel; its mask only
+        # says where it measured, so it is not kept)
+        used_mask = None if plan.tool == "local.exposure_color" else (result.mask if result.mask is not None else mask)
+        if used_mask is not None and used_mask.shape == result.image.shape[:2]:
+            attempt.mask = ctx.files.save_mask(used_mask, f"attempts/{index:02d}-mask.png")
+        attempt.tool_parameters = _plain(result.parameters)
+        attempt.cost_usd = round(cost, 6)
+        attempt.seconds = round(tool_seconds, 4)
+        attempt.notes.extend(result.notes)
+    except ModerationBlocked as exc:
+        attempt.outcome, attempt.reason = Outcome.failed, f"moderation: {exc}"
+    except RepairError as exc:
+        attempt.outcome, attempt.reason = Outcome.failed, f"tool error: {exc}"
+    return {"pending": attempt,
+            "spend": _spend(state, started, passes=1, usd=cost, tool_seconds=tool_seconds)}
+
+
+def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
+    started = time.perf_counter()
+    ctx = runtime.context
+    attempt = state.pending.model_copy(deep=True)
+    key = attempt.plan.target.key
+    tries = {**state.tries, key: state.tries.get(key, 0) + 1}
+    update: dict[str, Any] = {"pending": None, "plan": None, "tries": tries}
+    attempt.findings_before = [f.brief() for f in state.findings]
+    check_seconds = 0.0
+    if attempt.outcome == Outcome.failed:
+        if attempt.reason.startswith("moderation"):
+            update["open_defects"] = {**state.open_defects, key: OpenDefect(
+                key=key, kind=attempt.plan.target.kind, priority=attempt.plan.target.priority,
+                reason=attempt.reason, would_fix="reword the request, or repair it with --backend diffusers")}
+    else:
+        after_image = ctx.image_array(attempt.image)
+        before_image = ctx.image_array(state.current_image)
+        t0 = time.perf_counter()
+        report = ctx.check(after_image)
+        spill = None
+        generative = attempt.plan.tool in ("openai", "diffusers")
+        if generative and attempt.mask is not None and attempt.plan.prepare is None:
+            spill = outside_change(before_image, after_image, ctx.files.mask(attempt.mask), ctx.policy)
+        check_seconds = time.perf_counter() - t0
+        after = record_findings(report.findings, state.findings, ctx.files, f"work/pass-{attempt.index:02d}")
+        attempt.findings_after = [f.brief() for f in after]
+        attempt.check_seconds = round(check_seconds, 4)
+        settings = ctx.policy.repair
+        verdict = judge(attempt.plan, state.findings, after, [p.value for p in ctx.policy.gate.fail_on],
+                        settings.min_improvement, settings.worse_factor, report.verdict, spill)
+        attempt.outcome = Outcome.accepted if verdict.accepted else Outcome.rolled_back
+        attempt.reason = verdict.reason
+        if verdict.accepted:
+            update.update(current_image=attempt.image, current_pass=attempt.index, findings=after,
+                          verdict=report.verdict, check_notes=_check_notes(report))
+    ctx.tell("verdict", attempt=attempt)
+    update["attempts"] = [attempt]
+    update["spend"] = _spend(state, started, check_seconds=check_seconds)
+    return update
+
+
+def finish(state: RunState, runtime: Runtime[RunContext]) -> dict:
+    from agent.outputs import write_outputs
+
+    started = time.perf_counter()
+    ctx = runtime.context
+    spend = _spend(state, started)
+    final = state.model_copy(update={"spend": spend, "finished": True})
+    write_outputs(final, ctx)
+    ctx.tell("finish", state=final)
+    return {"finished": True, "spend": spend}
+
+
+# ---- edges --------------------------------------------------------------------------------------
+
+
+def after_triage(state: RunState) -> str:
+    return "finish" if state.stop_reason else "plan"
+
+
+def after_plan(state: RunState) -> str:
+    if state.stop_reason:
+        return "finish"
+    if state.plan is None:
+        return "triage"  # the target was left open; pick the next one
+    if state.plan.paid and state.inputs.approve:
+        return "approve"
+    return "repair"
+
+
+def after_approve(state: RunState) -> str:
+    return "repair" if state.approved else "triage"
+
+
+def build_graph() -> StateGraph:
+    graph = StateGraph(RunState, context_schema=RunContext)
+    for name, node in (("inspect", inspect), ("triage", triage), ("plan", plan), ("approve", approve),
+                       ("repair", repair), ("verify", verify), ("finish", finish)):
+        graph.add_node(name, node)
+    graph.add_edge(START, "inspect")
+    graph.add_edge("inspect", "triage")
+    graph.add_conditional_edges("triage", after_triage, ["plan", "finish"])
+    graph.add_conditional_edges("plan", after_plan, ["approve", "repair", "triage", "finish"])
+    graph.add_conditional_edges("approve", after_approve, ["repair", "triage"])
+    graph.add_edge("repair", "verify")
+    graph.add_edge("verify", "triage")
+    graph.add_edge("finish", END)
+    return graph
+
+
+def recursion_limit(max_passes: int) -> int:
+    """Backstop on graph steps: a pass takes at most 5 (triage, plan, approve, repair, verify), a
+    defect left open 2 (triage, plan); the budget normally ends a run long before this."""
+    return 5 * max_passes + 200
+
+
+def _plain(value):
+    from agent.findings import _plain as plain
+
+    return plain(value)

@@ -1,0 +1,277 @@
+"""From a target finding to a repair plan, and what to change after a failed attempt.
+
+Each defect kind has an **escalation ladder**: the smallest repair first, then one variable
+changed per rung (a wider mask, a denoise further into its range, a control map, another tool).
+The rung is the number of attempts already spent on the defect; a defect that has climbed its
+whole ladder (at most ``max_attempts_per_defect`` rungs) is left open and reported, never retried
+forever.
+
+- Local rungs (deterministic OpenCV repairs) come first wherever one fits: an exposure/colour pass,
+  composite-back, a flip, a defringe. They are free and change no content.
+- Generative rungs use the run's backend: a GPT Image edit (``openai``) or a diffusion inpaint
+  (``diffusers``), with the defect's repair template rendered into the prompt. Seed, size and
+  sampler stay locked for the run; the parameters start inside the failure library's ranges.
+- **Salvage**: a generative attempt that verify rejected because it changed pixels outside its mask
+  (GPT Image treats the mask as a hint) is not paid for twice. The next attempt composites that
+  output back inside its mask over the image it started from, so the repaired region is kept and
+  the drifted pixels are never delivered.
+- A defect no available backend can repair (a malformed hand with only the local backend) gets an
+  :class:`~agent.state.OpenDefect` that says which template, tool and settings would fix it.
+- An exposure or colour correction is always its own pass (``local.exposure_color``, which changes
+  no content); when both drifts are open it corrects both in that one pass.
+- Before a paid call the planner estimates its cost; a call that would pass the dollar budget stops
+  the run instead of being made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from agent.state import Attempt, FindingRecord, MaskSource, OpenDefect, Outcome, RepairPlan
+from checks.policy import RepairSettings
+
+GENERATIVE = "generative"  # placeholder tool of a rung: the run's backend (openai or diffusers)
+LIGHT_KINDS = ("exposure_drift", "color_temperature_drift")
+
+# gpt-image-1's published output tokens for a 1024x1024 image by quality, used (scaled by area) to
+# estimate a call before any has been made; after the first paid call the dearest one so far counts.
+OUTPUT_TOKENS_1024 = {"low": 272, "medium": 1056, "high": 4160, "auto": 4160}
+INPUT_IMAGE_TOKENS = 1500  # rough image-input tokens of one edit request (image + mask)
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One step of a ladder: the tool, where its mask comes from, and what it changes."""
+
+    tool: str
+    change: str
+    mask: MaskSource = MaskSource.none
+    grow: int = 0  # steps of ``wider_mask`` the mask grows by
+    parameters: dict[str, Any] = field(default_factory=dict)
+    needs: tuple[str, ...] = ()  # "source", "mask", "controlnet"
+    prepare: str | None = None
+    strength: str = "low"  # diffusion denoise: "low" end of the template's range, or "mid"
+    control: bool = False  # diffusion: add the template's control map
+
+
+@dataclass
+class PlanContext:
+    """What the planner may use besides the target: the run's inputs, backend and spend."""
+
+    backend: str
+    settings: RepairSettings
+    image_size: tuple[int, int]  # current image (w, h)
+    has_source: bool
+    has_mask: bool
+    references: list[str] = field(default_factory=list)
+    source: str | None = None
+    model: str | None = None
+    base_url: str | None = None
+    seed: int = 1234
+    spent_usd: float = 0.0
+    max_usd: float = 0.0
+    paid_costs: list[float] = field(default_factory=list)
+
+
+@dataclass
+class Decision:
+    """Exactly one of: a plan to run, a defect to leave open, or a reason to stop the run."""
+
+    plan: RepairPlan | None = None
+    open: OpenDefect | None = None
+    stop: str | None = None
+
+
+# ---- the ladders --------------------------------------------------------------------------------
+
+
+def _generative(kind: str, backend: str) -> list[Rung]:
+    """The generative rungs of a defect; each changes one variable from the rung before it."""
+    masked = MaskSource.finding
+    if kind == "subject_cropped":
+        return [Rung(GENERATIVE, "first repair: grow the canvas where the subject is cut, outpaint the new area",
+                     prepare="expand_canvas"),
+                Rung(GENERATIVE, "denoise further into its range", prepare="expand_canvas", strength="mid")]
+    if kind in ("perspective_broken", "mirrored"):
+        return [Rung(GENERATIVE, "first repair: redraw the whole image with the structure rules"),
+                Rung(GENERATIVE, "add a control map of the structure", control=True, needs=("controlnet",)),
+                Rung(GENERATIVE, "denoise further into its range", strength="mid", needs=("diffusers",))]
+    if backend == "diffusers":
+        return [Rung(GENERATIVE, "first repair: inpaint the finding's mask at the low end of the denoise range", masked),
+                Rung(GENERATIVE, "denoise to the middle of its range", masked, strength="mid"),
+                Rung(GENERATIVE, "add a control map", masked, strength="mid", control=True, needs=("controlnet",)),
+                Rung(GENERATIVE, "wider mask", masked, grow=1, strength="mid")]
+    return [Rung(GENERATIVE, "first repair: the template as a GPT Image edit on the finding's mask", masked),
+            Rung(GENERATIVE, "wider mask", masked, grow=1),
+            Rung(GENERATIVE, "wider mask again", masked, grow=2)]
+
+
+def ladder(kind: str, backend: str) -> list[Rung]:
+    """Every rung for ``kind``, before filtering by what the run has."""
+    if kind in LIGHT_KINDS:
+        return [Rung("local.exposure_color", "first repair: one exposure + white-balance pass matched to the "
+                     "source outside the edit mask", MaskSource.edit_mask, needs=("source", "mask")),
+                Rung("local.exposure_color", "first repair: one exposure + white-balance pass matched to the "
+                     "source on the whole image", needs=("source",)),
+                Rung("local.exposure_color", "exposure set back by the measured EV (no source: against the "
+                     "first pass)", parameters={"white_balance": False}, needs=("no_source",))]
+    if kind == "mask_spill":
+        return [Rung("local.composite_back", "first repair: restore the source outside the edit mask",
+                     MaskSource.edit_mask, needs=("source", "mask")),
+                Rung("local.composite_back", "seam moved across the mask edge", MaskSource.edit_mask,
+                     parameters={"seam": "center"}, needs=("source", "mask"))]
+    if kind == "mirrored":
+        return [Rung("local.flip_back", "first repair: flip back left-right"), *_generative(kind, backend)]
+    if kind == "edge_halo":
+        return [Rung("local.defringe", "first repair: defringe the edge ring", MaskSource.finding),
+                Rung("local.defringe", "wider edge ring", MaskSource.finding, parameters={"grow": 2}),
+                *_generative(kind, backend)]
+    return _generative(kind, backend)
+
+
+def _usable(rung: Rung, ctx: PlanContext) -> bool:
+    if rung.tool == GENERATIVE and ctx.backend == "local":
+        return False
+    for need in rung.needs:
+        if need == "source" and not ctx.has_source:
+            return False
+        if need == "no_source" and ctx.has_source:
+            return False
+        if need == "mask" and not ctx.has_mask:
+            return False
+        if need == "controlnet" and not (ctx.backend == "diffusers" and ctx.settings.diffusers_controlnet):
+            return False
+        if need == "diffusers" and ctx.backend != "diffusers":
+            return False
+    return True
+
+
+def usable_ladder(kind: str, ctx: PlanContext) -> list[Rung]:
+    rungs = [r for r in ladder(kind, ctx.backend) if _usable(r, ctx)]
+    return rungs[: ctx.settings.max_attempts_per_defect]
+
+
+# ---- cost ---------------------------------------------------------------------------------------
+
+
+def estimate_usd(ctx: PlanContext, quality: str) -> float:
+    """Estimated dollars of the next GPT Image call (the dearest call so far, once there is one)."""
+    if ctx.paid_costs:
+        return max(ctx.paid_costs)
+    from tools.openai_images import DEFAULT_MODEL, load_prices, price_for
+
+    price = price_for(ctx.model or DEFAULT_MODEL, load_prices())
+    if price is None:
+        return 0.0
+    w, h = ctx.image_size
+    output = OUTPUT_TOKENS_1024.get(quality, 4160) * max(1.0, w * h / 1024**2)
+    return (output * price.image_output + INPUT_IMAGE_TOKENS * price.image_input) / 1e6
+
+
+# ---- the plan -----------------------------------------------------------------------------------
+
+
+def _spilled(attempt: Attempt) -> bool:
+    return attempt.outcome == Outcome.rolled_back and attempt.reason.startswith("spilled")
+
+
+def would_fix(kind: str, template: str) -> str:
+    """In words, the repair that would fix ``kind`` on a generative backend."""
+    from prompts.render import load_template
+
+    start = load_template(template).diffusion
+    control = f" with {start.control} control" if start.control else ""
+    return (f"the {template} template as a GPT Image edit (--backend openai) or as a diffusion "
+            f"{start.mode} at denoise {start.denoise[0]:.2f}-{start.denoise[1]:.2f}{control} (--backend diffusers)"
+            f"{' on the finding' + chr(39) + 's mask' if kind not in ('perspective_broken', 'subject_cropped') else ''}")
+
+
+def plan_repair(target: FindingRecord, findings: Sequence[FindingRecord], history: Sequence[Attempt],
+                ctx: PlanContext) -> Decision:
+    """The next attempt on ``target`` given the attempts already made on it (``history``)."""
+    mine = [a for a in history if a.plan.target.key == target.key]
+    if mine and _spilled(mine[-1]) and mine[-1].image and not mine[-1].plan.salvage:
+        return Decision(plan=_salvage(target, mine[-1]))
+
+    rungs = usable_ladder(target.kind, ctx)
+    rung_index = sum(1 for a in mine if not a.plan.salvage)
+    if rung_index >= len(rungs):
+        if not rungs:
+            reason = (f"no {ctx.backend} repair for {target.kind}" +
+                      ("" if ctx.has_source else " without the source image"))
+        else:
+            reason = f"resisted all {len(rungs)} rung(s) of its ladder"
+            if mine:
+                reason += f"; last attempt: {mine[-1].reason}"
+        return Decision(open=OpenDefect(key=target.key, kind=target.kind, priority=target.priority,
+                                        reason=reason, would_fix=would_fix(target.kind, target.template)))
+    rung = rungs[rung_index]
+    plan = RepairPlan(target=target, template=target.template, tool=rung.tool, rung=rung_index,
+                      change=rung.change, mask_source=rung.mask, parameters=dict(rung.parameters),
+                      prepare=rung.prepare)
+    if rung.grow:
+        diagonal = (ctx.image_size[0] ** 2 + ctx.image_size[1] ** 2) ** 0.5
+        plan.mask_grow_px = int(round(rung.grow * ctx.settings.wider_mask * diagonal))
+    if rung.tool == "local.exposure_color":
+        others = [f.key for f in findings if f.kind in LIGHT_KINDS and f.key != target.key]
+        plan.also_fixes = others  # one pass corrects both exposure and white balance
+        if "no_source" in rung.needs:
+            plan.parameters["ev"] = -float(target.evidence.get("ev_change", target.score))
+    if rung.tool == GENERATIVE:
+        return _generative_plan(plan, rung, target, ctx)
+    return Decision(plan=plan)
+
+
+def _salvage(target: FindingRecord, rejected: Attempt) -> RepairPlan:
+    return RepairPlan(
+        target=target, template=target.template, tool="local.composite_back", rung=rejected.plan.rung,
+        change=f"salvage: keep attempt {rejected.index}'s repair inside its mask and restore everything outside "
+               "it (the edit changed pixels outside its mask)",
+        mask_source=MaskSource.previous_attempt, salvage=True, base_image=rejected.image,
+        parameters={"seam": "inside", "attempt": rejected.index})
+
+
+def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: PlanContext) -> Decision:
+    from agent.findings import to_finding
+    from prompts.render import TemplateError, render
+
+    request: dict[str, Any] = {"image_size": list(ctx.image_size)}
+    try:
+        rendered = render(target.template, to_finding(target), request=request)
+    except TemplateError as exc:
+        return Decision(open=OpenDefect(key=target.key, kind=target.kind, priority=target.priority,
+                                        reason=f"the {target.template} template cannot be filled from the finding: {exc}",
+                                        would_fix=would_fix(target.kind, target.template)))
+    plan.tool = ctx.backend
+    plan.references = list(ctx.references)
+    if target.kind == "identity_drift" and not plan.references and ctx.source:
+        plan.references = [ctx.source]  # the face before the edit is the identity reference
+    if ctx.backend == "openai":
+        plan.paid = True
+        plan.prompt = rendered.gpt_image_prompt
+        quality = ctx.settings.openai_quality
+        plan.parameters.update({"quality": quality})
+        if ctx.model:
+            plan.parameters["model"] = ctx.model
+        if ctx.base_url:
+            plan.parameters["base_url"] = ctx.base_url
+        plan.estimated_usd = round(estimate_usd(ctx, quality), 4)
+        if ctx.max_usd > 0 and ctx.spent_usd + plan.estimated_usd > ctx.max_usd:
+            return Decision(stop=f"budget: the next paid repair (about ${plan.estimated_usd:.4f}) would pass "
+                                 f"the ${ctx.max_usd:.2f} budget (${ctx.spent_usd:.4f} spent)")
+        return Decision(plan=plan)
+    # diffusers: the template's starting parameters, denoise at the low end or the middle of its range
+    plan.prompt, plan.negative_prompt = rendered.positive, rendered.negative
+    start = rendered.diffusion
+    low, high = start["strength_range"]
+    params = {"strength": round(low if rung.strength == "low" else (low + high) / 2, 2),
+              "guidance": start["guidance"], "steps": start["steps"], "seed": ctx.seed}
+    if rung.control and start["control"]:
+        params.update(control=start["control"], control_scale=start["control_scale"],
+                      controlnet=ctx.settings.diffusers_controlnet)
+    model = ctx.model or ctx.settings.diffusers_model
+    if model:
+        params["model"] = model
+    plan.parameters.update(params)
+    return Decision(plan=plan)

@@ -1,0 +1,157 @@
+"""Starting, resuming and driving repair runs: the entry the CLI (and later HTTP/Slack) calls.
+
+Checkpoints go to one SQLite file, ``$FIXLOOP_HOME/runs.sqlite`` (default ``~/.cache/fixloop``),
+keyed by run id, so ``fixloop repair --resume RUN_ID`` needs nothing but the id. The checkpoint
+serializer only loads the state's own classes (:data:`agent.state.CHECKPOINT_TYPES`).
+
+    state = start_run(inputs, budget, progress=print_event, approver=ask_user)
+    state = resume_run("20261129-101500-3fa2c1", progress=print_event)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from agent.graph import Progress, RunContext, build_graph, recursion_limit
+from agent.state import CHECKPOINT_TYPES, Budget, RunInputs, RunState
+from checks.images import InputError
+
+HOME_ENV = "FIXLOOP_HOME"
+Approver = Callable[[dict[str, Any]], bool]
+
+
+class RunNotFound(InputError):
+    """No checkpoint under this run id."""
+
+
+def home() -> Path:
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".cache" / "fixloop")
+
+
+def checkpoint_path() -> Path:
+    return home() / "runs.sqlite"
+
+
+def new_run_id() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+@contextmanager
+def open_graph(db: str | Path | None = None) -> Iterator[Any]:
+    """The compiled graph with its SQLite checkpointer (closed on exit)."""
+    from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+    from langgraph.checkpoint.sqlite import SqliteSaver
+
+    path = Path(db) if db is not None else checkpoint_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), check_same_thread=False)
+    try:
+        saver = SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
+        yield build_graph().compile(checkpointer=saver)
+    finally:
+        conn.close()
+
+
+def _config(run_id: str, budget: Budget) -> dict[str, Any]:
+    return {"configurable": {"thread_id": run_id}, "recursion_limit": recursion_limit(budget.max_passes)}
+
+
+def _drive(graph, config: dict, payload: Any, ctx: RunContext, approver: Approver | None) -> RunState:
+    """Stream the graph until it ends or waits for an answer nobody can give."""
+    from langgraph.errors import GraphRecursionError
+    from langgraph.types import Command
+
+    while True:
+        question = None
+        try:
+            for chunk in graph.stream(payload, config, context=ctx, stream_mode="updates", durability="sync"):
+                if "__interrupt__" in chunk:
+                    question = chunk["__interrupt__"][0].value
+        except GraphRecursionError:
+            return _finish_after_recursion(graph, config, ctx)
+        if question is None or approver is None:
+            break
+        payload = Command(resume=bool(approver(question)))
+    snapshot = graph.get_state(config)
+    return RunState.model_validate(snapshot.values)
+
+
+def _finish_after_recursion(graph, config: dict, ctx: RunContext) -> RunState:
+    """The recursion backstop fired: deliver the best image so far, as the finish node would."""
+    from agent.outputs import write_outputs
+
+    state = RunState.model_validate(graph.get_state(config).values)
+    state = state.model_copy(update={"stop_reason": "stopped by the graph's recursion limit (a backstop)",
+                                     "finished": True})
+    write_outputs(state, ctx)
+    graph.update_state(config, {"stop_reason": state.stop_reason, "finished": True}, as_node="finish")
+    ctx.tell("finish", state=state)
+    return state
+
+
+def start_run(inputs: RunInputs, budget: Budget, progress: Progress | None = None,
+              approver: Approver | None = None, run_id: str | None = None,
+              db: str | Path | None = None) -> RunState:
+    """Run the loop on ``inputs`` from the start; returns the final (or paused) state."""
+    run_id = run_id or new_run_id()
+    ctx = RunContext.open(inputs, progress)
+    state = RunState(run_id=run_id, inputs=inputs, budget=budget)
+    ctx.tell("start", state=state)
+    with open_graph(db) as graph:
+        config = _config(run_id, budget)
+        if graph.get_state(config).values:
+            raise InputError(f"run id {run_id!r} is taken: choose another, or --resume it")
+        return _drive(graph, config, state, ctx, approver)
+
+
+def load_run(run_id: str, db: str | Path | None = None) -> RunState:
+    """The checkpointed state of ``run_id`` (raises RunNotFound)."""
+    with open_graph(db) as graph:
+        values = graph.get_state({"configurable": {"thread_id": run_id}}).values
+    if not values:
+        raise RunNotFound(f"no run {run_id!r} in {checkpoint_path() if db is None else db}: "
+                          "check the id (fixloop runs lists them)")
+    return RunState.model_validate(values)
+
+
+def resume_run(run_id: str, progress: Progress | None = None, approver: Approver | None = None,
+               db: str | Path | None = None) -> RunState:
+    """Continue an interrupted or paused run from its last checkpoint. Finished nodes are not
+    repeated: a paid call whose result was checkpointed is never made again."""
+    state = load_run(run_id, db)
+    ctx = RunContext.open(state.inputs, progress)
+    ctx.tell("resume", state=state)
+    if state.finished:
+        return state
+    with open_graph(db) as graph:
+        config = _config(run_id, state.budget)
+        snapshot = graph.get_state(config)
+        payload = None
+        if snapshot.interrupts:  # paused for approval: ask again
+            if approver is None:
+                return state
+            from langgraph.types import Command
+
+            payload = Command(resume=bool(approver(snapshot.interrupts[0].value)))
+        return _drive(graph, config, payload, ctx, approver)
+
+
+def list_runs(db: str | Path | None = None) -> list[RunState]:
+    """Every run in the checkpoint file, newest first."""
+    path = Path(db) if db is not None else checkpoint_path()
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(str(path))
+    try:
+        ids = [row[0] for row in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")]
+    except sqlite3.OperationalError:
+        ids = []
+    finally:
+        conn.close()
+    return sorted((load_run(i, db) for i in ids), key=lambda s: s.run_id, reverse=True)

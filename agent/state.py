@@ -1,0 +1,228 @@
+"""The typed state of one repair run, as the LangGraph graph carries and checkpoints it.
+
+Everything here is plain data (pydantic models of strings, numbers and file paths): images and
+masks live as PNG files in the run's folder and the state names them. That keeps every checkpoint
+small, lets a run resume in a fresh process from the files alone, and makes ``report.json`` a dump
+of the same models.
+
+The pieces, in the order a run fills them:
+
+- :class:`RunInputs`: what the user asked for (image, source, mask, references, backend, budget).
+- :class:`FindingRecord`: one finding of the checks, with its mask as a file and a stable ``key``
+  that follows the same defect from one pass to the next.
+- :class:`RepairPlan`: what the planner chose for the target: template, tool, mask, parameters, the
+  rendered prompt, and which rung of the escalation ladder it is.
+- :class:`Attempt`: one executed plan: its output, cost, time, findings before and after, and
+  whether verify accepted it or rolled it back (and why).
+- :class:`OpenDefect`: a defect the run leaves open (no backend can repair it, it resisted its
+  ladder, the user declined the paid call, a structure defect blocked it), with the plan that would
+  fix it.
+- :class:`RunState`: the graph's state: the above plus the current image, the spend and the stop
+  reason.
+"""
+
+from __future__ import annotations
+
+import operator
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Backend = Literal["local", "openai", "diffusers"]
+
+
+class Budget(BaseModel):
+    """Limits of one run. A run stops gracefully, with the best image so far, at the first one reached."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_passes: int = Field(8, ge=0, description="repair attempts at most (each tool call is one pass)")
+    max_usd: float = Field(2.0, ge=0, description="US dollars at most, paid calls included before they are made")
+    max_seconds: float = Field(900.0, gt=0, description="wall seconds at most, checks and tools included")
+
+
+class Spend(BaseModel):
+    """What a run has used so far; carried across resumes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    passes: int = 0
+    usd: float = 0.0
+    seconds: float = 0.0  # wall time inside the graph's nodes, summed over every process of the run
+    check_seconds: float = 0.0  # of which: running the checks (inspect, verify)
+    tool_seconds: float = 0.0  # of which: running repair tools
+
+
+class RunInputs(BaseModel):
+    """What the user asked for. Paths are absolute; nothing at these paths is ever written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str
+    source: str | None = None
+    mask: str | None = None
+    references: list[str] = Field(default_factory=list)
+    policy: str | None = None
+    backend: Backend = "local"
+    model: str | None = None  # GPT Image model (openai) or checkpoint (diffusers); None = the tool's default
+    base_url: str | None = None  # another OpenAI-compatible endpoint (tests use a loopback server)
+    polish: bool = False  # also repair P2 findings in a final polish pass
+    approve: bool = False  # pause before every paid repair and ask
+    seed: int = 1234  # locked for the whole run
+    out_dir: str
+    output_format: str = "PNG"  # PIL format name of final.<ext>: the input's own format where writable
+
+
+class FindingRecord(BaseModel):
+    """One finding, as the loop tracks it. ``key`` names the same defect across passes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str  # "<kind>" for a whole-image defect, "<kind>@x0,y0,x1,y1" for a region (first seen)
+    kind: str
+    stage: str
+    priority: str
+    score: float
+    threshold: float
+    unit: str
+    message: str
+    template: str
+    box: list[int] | None = None
+    mask_file: str | None = None  # PNG in the run folder, candidate pixels, white = the defect
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} ({self.priority}, {self.score:g} {self.unit})"
+
+    def brief(self) -> dict[str, Any]:
+        """The part a report needs to compare before and after."""
+        return {"key": self.key, "kind": self.kind, "priority": self.priority, "score": self.score,
+                "threshold": self.threshold, "unit": self.unit}
+
+
+class MaskSource(str, Enum):
+    """Where a plan's mask comes from."""
+
+    none = "none"  # a whole-image repair (exposure/colour, flip)
+    finding = "finding"  # the target finding's own mask (grown by ``mask_grow_px``)
+    edit_mask = "edit_mask"  # the user's edit mask (composite-back: restore outside it)
+    previous_attempt = "previous_attempt"  # the mask of the attempt being salvaged
+
+
+class RepairPlan(BaseModel):
+    """What to run for one target. The planner fills it; the repair node executes it as is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    target: FindingRecord
+    template: str
+    tool: str
+    paid: bool = False
+    rung: int = 0  # position on the target's escalation ladder (0 = first repair)
+    change: str = "first repair"  # the one variable this rung changed, in words
+    mask_source: MaskSource = MaskSource.none
+    mask_grow_px: int = 0
+    parameters: dict[str, Any] = Field(default_factory=dict)  # JSON-able tool settings
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    references: list[str] = Field(default_factory=list)  # identity / style references the tool gets (paths)
+    prepare: str | None = None  # a local step run first: "expand_canvas" (outpaint a cropped subject)
+    salvage: bool = False  # composite a rejected output back inside its mask instead of a new call
+    base_image: str | None = None  # repair this file instead of the current image (salvage a rejected output)
+    restore_from: str | None = None  # the ``source`` the tool gets: the run's source or an earlier image
+    estimated_usd: float = 0.0
+    also_fixes: list[str] = Field(default_factory=list)  # other open keys the same pass targets (exposure + colour)
+
+
+class Outcome(str, Enum):
+    accepted = "accepted"
+    rolled_back = "rolled_back"
+    failed = "failed"  # the tool raised (API error, moderation block, bad input): nothing to verify
+    declined = "declined"  # the user said no to a paid call (--approve)
+
+
+class Attempt(BaseModel):
+    """One executed plan and its verdict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int  # 1-based pass number
+    plan: RepairPlan
+    before_image: str | None = None  # the image the attempt started from
+    image: str | None = None  # the attempt's output PNG (relative to the run folder)
+    mask: str | None = None  # the mask the tool used (PNG, relative)
+    tool_parameters: dict[str, Any] = Field(default_factory=dict)  # what the tool reports it used
+    cost_usd: float = 0.0
+    seconds: float = 0.0  # tool time
+    check_seconds: float = 0.0  # verify time
+    findings_before: list[dict[str, Any]] = Field(default_factory=list)
+    findings_after: list[dict[str, Any]] = Field(default_factory=list)
+    outcome: Outcome | None = None
+    reason: str = ""
+    notes: list[str] = Field(default_factory=list)
+
+
+class OpenDefect(BaseModel):
+    """A defect the run leaves open, why, and the plan that would fix it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    kind: str
+    priority: str
+    reason: str
+    would_fix: str  # in words: template, tool, mask and settings that would repair it
+
+
+class RunState(BaseModel):
+    """The graph's state. Nodes return partial updates; ``attempts`` accumulates."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_id: str
+    inputs: RunInputs
+    budget: Budget = Field(default_factory=Budget)
+    spend: Spend = Field(default_factory=Spend)
+    current_image: str | None = None  # the accepted image so far (file in the run folder, or the input)
+    current_pass: int = 0  # pass that produced the current image (0 = the input)
+    findings: list[FindingRecord] = Field(default_factory=list)  # of the current image
+    verdict: str | None = None  # of the current image: pass | fail | error
+    check_notes: list[str] = Field(default_factory=list)  # checks that were skipped or errored, and why
+    target: FindingRecord | None = None
+    plan: RepairPlan | None = None
+    pending: Attempt | None = None  # the attempt between repair and verify
+    attempts: Annotated[list[Attempt], operator.add] = Field(default_factory=list)
+    tries: dict[str, int] = Field(default_factory=dict)  # finding key -> attempts spent on it
+    open_defects: dict[str, OpenDefect] = Field(default_factory=dict)  # key -> why it stays open
+    approved: bool | None = None  # the user's answer for the pending paid plan
+    stop_reason: str | None = None
+    finished: bool = False
+
+
+class RepairReport(BaseModel):
+    """``report.json`` of a repair run: the whole record, for people and pipelines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal["1"] = "1"
+    run_id: str
+    verdict: str | None = Field(description="of the final image: pass | fail | error")
+    stop_reason: str | None
+    final_image: str | None = Field(description="file in the run folder")
+    review_sheet: str | None
+    inputs: RunInputs
+    budget: Budget
+    spend: Spend
+    loop_overhead_seconds_per_pass: float | None = Field(
+        description="node time outside checks and tools, per pass (the loop's own cost)")
+    findings: list[FindingRecord] = Field(description="what the checks find on the final image")
+    open_defects: list[OpenDefect]
+    check_notes: list[str]
+    attempts: list[Attempt]
+
+
+# Every class a checkpoint may hold; the checkpointer refuses to load any other.
+CHECKPOINT_TYPES = [(__name__, cls.__name__) for cls in (
+    Budget, Spend, RunInputs, FindingRecord, MaskSource, RepairPlan, Outcome, Attempt, OpenDefect, RunState)]
