@@ -455,7 +455,8 @@ def list_runs_command() -> None:
     from agent.runner import checkpoint_path, list_runs
 
     table = Table(title=f"fixloop runs ({checkpoint_path()})")
-    for column in ("run id", "image", "backend", "status", "passes", "spent", "folder"):
+    table.add_column("run id", no_wrap=True)
+    for column in ("image", "backend", "status", "passes", "spent", "folder"):
         table.add_column(column, overflow="fold")
     for state in list_runs():
         status = (state.stop_reason or "finished") if state.finished else "interrupted: --resume it"

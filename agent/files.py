@@ -43,15 +43,18 @@ class RunFiles:
         target.parent.mkdir(parents=True, exist_ok=True)
         return target
 
-    def save_image(self, array: np.ndarray, relative: str, fmt: str = "PNG") -> str:
+    def save_image(self, array: np.ndarray, relative: str, fmt: str = "PNG", compress_level: int = 1) -> str:
+        """Write ``array`` atomically. Working files use fast PNG compression (level 1 writes a 512 px
+        image in about a quarter of the time of PIL's default 6, for about 10 % more bytes)."""
         from PIL import Image
 
         target = self._target(relative)
         image = Image.fromarray(array)
         if fmt == "JPEG" and image.mode == "RGBA":
             image = image.convert("RGB")
+        options = {"compress_level": compress_level} if fmt == "PNG" else {}
         with atomic_path(target) as tmp:
-            image.save(tmp, format=fmt)
+            image.save(tmp, format=fmt, **options)
         if array.ndim == 3 and array.shape[2] == 3:
             self._images[relative] = array
         return relative

@@ -332,13 +332,14 @@ def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
 
 
 def finish(state: RunState, runtime: Runtime[RunContext]) -> dict:
-    from agent.outputs import write_outputs
+    from agent.outputs import write_images, write_report
 
     started = time.perf_counter()
     ctx = runtime.context
-    spend = _spend(state, started)
+    write_images(state, ctx)
+    spend = _spend(state, started)  # the report's own write is the one thing it cannot count
     final = state.model_copy(update={"spend": spend, "finished": True})
-    write_outputs(final, ctx)
+    write_report(final, ctx)
     ctx.tell("finish", state=final)
     return {"finished": True, "spend": spend}
 

@@ -66,6 +66,18 @@ def review_repairs(state: RunState, ctx: "RunContext") -> list:
 
 def write_outputs(state: RunState, ctx: "RunContext") -> RepairReport:
     """Write final image, review.png and report.json (in that order: the report names the others)."""
+    write_images(state, ctx)
+    return write_report(state, ctx)
+
+
+def write_report(state: RunState, ctx: "RunContext") -> RepairReport:
+    report = build_report(state, final_name(state.inputs.output_format), "review.png")
+    ctx.files.save_text(report.model_dump_json(indent=2) + "\n", "report.json")
+    return report
+
+
+def write_images(state: RunState, ctx: "RunContext") -> None:
+    """The final image (the input's format; a cut-out keeps its alpha) and the review sheet."""
     from agent.review import render_review
 
     files = ctx.files
@@ -73,7 +85,7 @@ def write_outputs(state: RunState, ctx: "RunContext") -> RepairReport:
     final = ctx.image_array(state.current_image)
     if ctx.input_alpha is not None and ctx.input_alpha.shape == final.shape[:2] and fmt in ALPHA_FORMATS:
         final = np.dstack([final, to_uint8(ctx.input_alpha)])  # a cut-out stays a cut-out
-    final_file = files.save_image(final, final_name(fmt), fmt)
+    files.save_image(final, final_name(fmt), fmt, compress_level=6)
 
     accepted = sum(1 for a in state.attempts if a.outcome == Outcome.accepted)
     notes = [f"stop: {state.stop_reason}",
@@ -86,6 +98,3 @@ def write_outputs(state: RunState, ctx: "RunContext") -> RepairReport:
                   title=f"fixloop repair · run {state.run_id} · backend {state.inputs.backend} · "
                         f"final verdict {state.verdict}",
                   notes=notes)
-    report = build_report(state, final_file, review_file)
-    files.save_text(report.model_dump_json(indent=2) + "\n", "report.json")
-    return report

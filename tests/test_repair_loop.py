@@ -1,0 +1,395 @@
+"""The repair loop end to end on real photos with injected defects.
+
+In-process runs (``agent.runner.start_run``) share the loaded models; the GPT Image backend talks to
+the loopback server of ``tests/openai_server.py`` through the official ``openai`` client. The CLI
+tests (kill and resume, approval, bad input) run ``fixloop repair`` as a subprocess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from agent.example import build_example
+from agent.runner import load_run, start_run
+from agent.state import Budget, Outcome, RunInputs
+from tests import defects
+from tests.conftest import photo
+from tests.openai_server import OpenAIImagesServer
+
+FIXLOOP = [sys.executable, "-m", "agent.cli"]
+STAGE_RANK = {"structure": 0, "light": 1, "detail": 2}
+
+
+def save(array: np.ndarray, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def write_case(tmp_path: Path, candidate, source=None, mask=None) -> dict:
+    folder = tmp_path / "in"
+    paths = {"image": save(candidate, folder / "candidate.png")}
+    if source is not None:
+        paths["source"] = save(source, folder / "source.png")
+    if mask is not None:
+        paths["mask"] = save(mask.astype(np.uint8) * 255 if mask.dtype == bool else mask, folder / "mask.png")
+    return paths
+
+
+def run_loop(tmp_path: Path, candidate, source=None, mask=None, backend="local", budget=None, **inputs):
+    paths = write_case(tmp_path, candidate, source, mask)
+    before = digest(tmp_path / "in")
+    state = start_run(RunInputs(out_dir=str(tmp_path / "run"), backend=backend, **paths, **inputs),
+                      budget or Budget(), db=tmp_path / "runs.sqlite")
+    assert digest(tmp_path / "in") == before, "the loop wrote over an input"
+    return state
+
+
+def final_image(state) -> np.ndarray:
+    return np.asarray(Image.open(Path(state.inputs.out_dir) / "final.png").convert("RGB"))
+
+
+def report(state) -> dict:
+    return json.loads((Path(state.inputs.out_dir) / "report.json").read_text())
+
+
+def assert_outputs(state) -> None:
+    out = Path(state.inputs.out_dir)
+    for name in ("final.png", "report.json", "review.png"):
+        assert (out / name).is_file(), name
+    for attempt in state.attempts:
+        if attempt.image:
+            assert (out / attempt.image).is_file()
+    assert not list(out.glob("**/.*.tmp")), "a temporary file was left behind"
+
+
+def assert_stage_order(state) -> None:
+    """Accepted repairs never go back to an earlier stage, except the documented light-before-restore."""
+    stages = [a.plan.target.stage for a in state.attempts if a.outcome == Outcome.accepted]
+    kinds = [a.plan.target.kind for a in state.attempts if a.outcome == Outcome.accepted]
+    for i in range(1, len(stages)):
+        if STAGE_RANK[stages[i]] < STAGE_RANK[stages[i - 1]]:
+            assert kinds[i] == "mask_spill" and kinds[i - 1] in ("exposure_drift", "color_temperature_drift"), kinds
+
+
+# ---- local backend: the deterministic repairs ---------------------------------------------------
+
+
+def test_the_shipped_example_is_repaired_light_first_then_restored(tmp_path):
+    """The README's main job: spill + darker + warmer. The light pass goes first (it is measured on the
+    pixels composite-back restores), then composite-back; nothing P0/P1 is left."""
+    example = build_example()
+    state = run_loop(tmp_path, example["candidate"], example["source"], example["mask"] > 0)
+    assert state.finished and state.verdict == "pass" and state.stop_reason.startswith("clean")
+    tools = [(a.plan.tool, a.outcome) for a in state.attempts]
+    assert tools == [("local.exposure_color", Outcome.accepted), ("local.composite_back", Outcome.accepted)]
+    assert state.attempts[0].plan.also_fixes  # exposure and colour in one pass
+    assert_outputs(state)
+    final = final_image(state).astype(int)
+    outside = example["mask"] == 0
+    assert np.abs(final[outside] - example["source"][outside]).max() == 0  # restored exactly
+    data = report(state)
+    assert data["verdict"] == "pass" and data["spend"]["usd"] == 0 and len(data["attempts"]) == 2
+    assert data["attempts"][0]["findings_before"] and data["loop_overhead_seconds_per_pass"] is not None
+
+
+@pytest.mark.parametrize("name", ["face_harington_01.jpg", "body_cello_01.jpg"])
+def test_exposure_and_colour_drift_go_in_one_pass(tmp_path, name):
+    image = photo(name)
+    darker = defects.exposure(image, -0.7).candidate
+    warmer = defects.white_balance(darker, 35.0).candidate
+    state = run_loop(tmp_path, warmer, image)
+    assert state.verdict == "pass", state.findings
+    assert [a.plan.tool for a in state.attempts] == ["local.exposure_color"]
+    before = {f["kind"] for f in state.attempts[0].findings_before}
+    assert {"exposure_drift", "color_temperature_drift"} <= before
+    assert not state.findings
+
+
+def test_spill_is_restored_by_composite_back(tmp_path):
+    image = photo("face_obama_01.jpg")
+    case = defects.edit_spills_outside_mask(image, 0.15)
+    state = run_loop(tmp_path, case.candidate, case.source, case.mask)
+    assert state.verdict == "pass", [f.label for f in state.findings]
+    assert {a.plan.target.kind for a in state.attempts} == {"mask_spill"}
+    assert {a.plan.tool for a in state.attempts} == {"local.composite_back"}
+    accepted = state.attempts[-1]
+    assert accepted.outcome == Outcome.accepted
+    # every pixel outside the mask (and its feathered seam, when the seam was moved across the edge) is the source's
+    feather = accepted.tool_parameters["feather"]
+    seam = cv2.dilate(case.mask.astype(np.uint8), np.ones((2 * int(feather) + 3,) * 2, np.uint8)) > 0
+    outside = ~(seam if accepted.tool_parameters["seam"] == "center" else case.mask)
+    assert np.array_equal(final_image(state)[outside], image[outside])
+
+
+def test_mirror_first_then_exposure(tmp_path):
+    """A mirrored and darkened result: the structure defect is repaired before the light one."""
+    image = photo("body_skier_01.jpg")
+    mirrored = np.ascontiguousarray(image[:, ::-1])
+    candidate = defects.exposure(mirrored, -0.6).candidate
+    state = run_loop(tmp_path, candidate, image)
+    accepted = [a.plan.target.kind for a in state.attempts if a.outcome == Outcome.accepted]
+    assert accepted[0] == "mirrored" and "exposure_drift" in accepted[1:], accepted
+    assert state.verdict == "pass"
+    assert_stage_order(state)
+    assert np.abs(final_image(state).astype(int) - image).mean() < 4  # back to the source, up to JPEG
+
+
+@pytest.mark.parametrize("name, defect", [("face_dfE_01.jpg", "halo_ring_mask"), ("face_obama_04.jpg", "halo_ring")])
+def test_halo_is_defringed(tmp_path, name, defect):
+    image = photo(name)
+    case = defects.make(defect, image, 0.8)
+    state = run_loop(tmp_path, case.candidate, case.source, case.mask)
+    halo = [a for a in state.attempts if a.plan.target.kind == "edge_halo"]
+    assert halo and halo[-1].outcome == Outcome.accepted and halo[-1].plan.tool == "local.defringe"
+    assert not [f for f in state.findings if f.kind == "edge_halo"]
+    assert_stage_order(state)
+
+
+def test_a_hand_the_local_backend_cannot_repair_is_left_open_with_the_plan_that_would(tmp_path):
+    state = run_loop(tmp_path, photo("gen_hand_ghost_finger_01.jpg"))
+    assert state.verdict == "fail" and state.stop_reason.startswith("stuck")
+    hands = [d for d in state.open_defects.values() if d.kind == "hand_malformed"]
+    assert hands and "hands template" in hands[0].would_fix and "--backend openai" in hands[0].would_fix
+    assert hands[0].reason == "no local repair for hand_malformed without the source image"
+    assert state.spend.passes == 0
+    assert "hand_malformed" in json.dumps(report(state)["open_defects"])
+
+
+def test_an_open_structure_defect_holds_back_the_detail_repairs(tmp_path):
+    """A generated picture with a cut-off subject and a malformed hand: the crop cannot be repaired
+    offline, so the hand is not attempted either (a hand repaired on a wrong framing is wasted)."""
+    state = run_loop(tmp_path, photo("gen_hand_malformed_03.jpg"))
+    crop = [d for d in state.open_defects.values() if d.kind == "subject_cropped"]
+    hand = [d for d in state.open_defects.values() if d.kind == "hand_malformed"]
+    assert crop and "recompose" in crop[0].would_fix
+    assert hand and "structure defect subject_cropped is still open" in hand[0].reason
+    assert not state.attempts
+
+
+# ---- GPT Image backend on the loopback server ---------------------------------------------------
+
+
+def blurred_case():
+    """A 1024 x 1024 photo (GPT Image's own size: sent and returned pixels line up 1:1) with one box
+    softened: texture_blur against the source."""
+    image = cv2.resize(photo("face_harington_01.jpg"), (1024, 1024), interpolation=cv2.INTER_AREA)
+    return defects.blur_region(image, 3.0)
+
+
+def editable(request) -> np.ndarray:
+    """Where the request's mask lets the model paint (alpha 0)."""
+    alpha = request.mask.decode()
+    alpha = alpha[..., 3] if alpha.ndim == 3 else alpha
+    return alpha == 0
+
+
+def drifting_fix(source: np.ndarray):
+    """A model that repairs the masked area (the sharp source there) and shifts every other pixel:
+    what a GPT Image edit does when it treats the mask as a hint."""
+
+    def answer(request) -> np.ndarray:
+        sent = request.images[0].decode()[..., :3]
+        drifted = np.clip(sent.astype(int) * [1.12, 1.02, 0.9] + 6, 0, 255).astype(np.uint8)
+        inside = editable(request)
+        drifted[inside] = cv2.resize(source, sent.shape[1::-1], interpolation=cv2.INTER_AREA)[inside]
+        return drifted
+
+    return answer
+
+
+def clean_fix(source: np.ndarray):
+    def answer(request) -> np.ndarray:
+        sent = request.images[0].decode()[..., :3].copy()
+        inside = editable(request)
+        sent[inside] = cv2.resize(source, sent.shape[1::-1], interpolation=cv2.INTER_AREA)[inside]
+        return sent
+
+    return answer
+
+
+def blurrier(request) -> np.ndarray:
+    """A model that makes the masked area worse (softer still)."""
+    sent = request.images[0].decode()[..., :3].copy()
+    inside = editable(request)
+    sent[inside] = cv2.GaussianBlur(sent, (0, 0), 6.0)[inside]
+    return sent
+
+
+@pytest.fixture
+def openai_env(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback")
+
+
+def test_gpt_edit_that_drifted_outside_its_mask_is_caught_and_salvaged(tmp_path, openai_env):
+    case = blurred_case()
+    with OpenAIImagesServer(image=drifting_fix(case.source)) as server:
+        state = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url)
+        assert len(server.requests) == 1, "the salvage must not pay for another call"
+    first, second = state.attempts[:2]
+    assert first.plan.tool == "openai" and first.outcome == Outcome.rolled_back
+    assert first.reason.startswith("spilled") and first.cost_usd > 0
+    assert second.plan.salvage and second.plan.tool == "local.composite_back"
+    assert second.outcome == Outcome.accepted, second.reason
+    assert state.verdict == "pass", [f.label for f in state.findings]
+    # the drifted pixels are never delivered: outside the repair mask the final is the candidate
+    mask = np.asarray(Image.open(Path(state.inputs.out_dir) / first.mask)) > 0
+    final = final_image(state)
+    assert np.array_equal(final[~mask], case.candidate[~mask])
+    assert report(state)["spend"]["usd"] == pytest.approx(first.cost_usd)
+
+
+def test_a_repair_that_makes_things_worse_is_rolled_back_and_the_budget_stops_the_run(tmp_path, openai_env):
+    case = blurred_case()
+    with OpenAIImagesServer(image=blurrier) as server:
+        state = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url,
+                         budget=Budget(max_passes=2))
+        assert len(server.requests) == 2
+    assert [a.outcome for a in state.attempts] == [Outcome.rolled_back, Outcome.rolled_back]
+    assert all(a.reason.startswith("no progress") for a in state.attempts), [a.reason for a in state.attempts]
+    first, second = state.attempts
+    assert second.plan.rung == 1 and second.plan.mask_grow_px > 0 and "wider mask" in second.plan.change
+    assert state.stop_reason == "budget: 2 of 2 passes used"
+    assert np.array_equal(final_image(state), case.candidate)  # nothing accepted: the input is delivered
+    assert report(state)["stop_reason"] == state.stop_reason
+
+
+def test_a_paid_call_that_would_pass_the_dollar_budget_is_not_made(tmp_path, openai_env):
+    case = blurred_case()
+    with OpenAIImagesServer(image=clean_fix(case.source)) as server:
+        state = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url,
+                         budget=Budget(max_usd=0.001))
+        assert server.requests == []
+    assert state.stop_reason.startswith("budget: the next paid repair")
+    assert state.spend.usd == 0 and not state.attempts
+
+
+def test_moderation_block_leaves_the_defect_open(tmp_path, openai_env):
+    from tests.openai_server import moderation_error
+
+    case = blurred_case()
+    with OpenAIImagesServer(statuses=[moderation_error()]) as server:
+        state = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url)
+        assert len(server.requests) == 1  # never retried
+    assert state.attempts[0].outcome == Outcome.failed and state.attempts[0].reason.startswith("moderation")
+    assert any(d.reason.startswith("moderation") for d in state.open_defects.values())
+    assert state.verdict == "fail"
+
+
+# ---- the CLI: live progress, kill and resume, approval, bad input ----------------------------------
+
+
+def cli(*args, env=None, input=None, timeout=240):
+    return subprocess.run([*FIXLOOP, *args], capture_output=True, text=True, env=env, input=input, timeout=timeout)
+
+
+def test_cli_repairs_the_example_with_progress_and_exit_code(tmp_path):
+    example = build_example()
+    paths = write_case(tmp_path, example["candidate"], example["source"], example["mask"])
+    env = {**os.environ, "FIXLOOP_HOME": str(tmp_path / "home")}
+    result = cli("repair", paths["image"], "--source", paths["source"], "--mask", paths["mask"],
+                 "--out", str(tmp_path / "run"), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["verdict"] == "pass" and data["stop_reason"].startswith("clean")
+    for text in ("inspect: 3 finding(s)", "exposure_drift", "accepted", "final verdict pass"):
+        assert text in result.stderr
+    listed = cli("runs", env=env)
+    assert data["run_id"] in listed.stdout
+
+
+def test_killed_run_resumes_without_repeating_a_finished_paid_call(tmp_path):
+    """The first paid call finishes (and is rolled back); the process is killed while the second is in
+    flight; --resume makes the second call again, never the first."""
+    case = blurred_case()
+    paths = write_case(tmp_path, case.candidate, case.source)
+    release = threading.Event()
+    mode = {"phase": "first run"}
+
+    def answer(request):
+        if mode["phase"] == "first run":
+            if len(server.requests) == 1:
+                return blurrier(request)
+            release.wait(60)  # the second call hangs until the process is killed
+        return clean_fix(case.source)(request)
+
+    with OpenAIImagesServer(image=answer) as server:
+        env = {**os.environ, "FIXLOOP_HOME": str(tmp_path / "home"), "OPENAI_API_KEY": "sk-loopback",
+               "OPENAI_BASE_URL": server.base_url}
+        process = subprocess.Popen([*FIXLOOP, "repair", paths["image"], "--source", paths["source"],
+                                    "--backend", "openai", "--out", str(tmp_path / "run")],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.time() + 180
+        while len(server.requests) < 2 and time.time() < deadline and process.poll() is None:
+            time.sleep(0.05)
+        assert len(server.requests) == 2, process.communicate(timeout=5)
+        process.send_signal(signal.SIGKILL)
+        _, stderr = process.communicate(timeout=30)
+        release.set()
+        run_id = stderr.split("run ", 1)[1].split()[0]
+        mode["phase"] = "resumed"
+        resumed = cli("repair", "--resume", run_id, env=env)
+        assert resumed.returncode == 0, resumed.stderr
+        masks = [editable(r) for r in server.requests]
+    assert len(masks) == 3
+    assert not np.array_equal(masks[0], masks[2]) and np.array_equal(masks[1], masks[2])
+    state = load_run(run_id, db=tmp_path / "home" / "runs.sqlite")
+    assert [a.outcome for a in state.attempts] == [Outcome.rolled_back, Outcome.accepted]
+    assert state.spend.passes == 2 and state.verdict == "pass"
+
+
+@pytest.mark.parametrize("answer, calls", [("n\n", 0), ("y\n", 1)])
+def test_approve_asks_before_a_paid_call(tmp_path, answer, calls):
+    case = blurred_case()
+    paths = write_case(tmp_path, case.candidate, case.source)
+    with OpenAIImagesServer(image=clean_fix(case.source)) as server:
+        env = {**os.environ, "FIXLOOP_HOME": str(tmp_path / "home"), "OPENAI_API_KEY": "sk-loopback",
+               "OPENAI_BASE_URL": server.base_url}
+        result = cli("repair", paths["image"], "--source", paths["source"], "--backend", "openai", "--approve",
+                     "--out", str(tmp_path / "run"), env=env, input=answer)
+        assert len(server.requests) == calls
+    assert "approve?" in result.stderr
+    assert result.returncode == (0 if calls else 1), result.stderr
+    data = json.loads((tmp_path / "run" / "report.json").read_text())
+    if not calls:
+        assert data["attempts"][0]["outcome"] == "declined"
+        assert any("declined" in d["reason"] for d in data["open_defects"])
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give IMAGE"),
+    (["{missing}"], "does not exist"),
+    (["{image}", "--backend", "openai"], "OPENAI_API_KEY"),
+    (["{image}", "--backend", "magic"], "--backend 'magic'"),
+    (["--resume", "no-such-run"], "no run 'no-such-run'"),
+    (["{image}", "--out", "{folder}"], "would overwrite an input"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
+    image = save(photo("face_dfA_01.jpg"), tmp_path / "in" / "final.png")  # the name the run writes
+    before = digest(tmp_path / "in")
+    values = {"image": image, "missing": str(tmp_path / "nope.png"), "folder": str(tmp_path / "in")}
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env["FIXLOOP_HOME"] = str(tmp_path / "home")
+    result = cli("repair", *[a.format(**values) for a in args], env=env)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert result.stdout == ""
+    assert digest(tmp_path / "in") == before
