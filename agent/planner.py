@@ -265,7 +265,7 @@ def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: P
     plan.prompt, plan.negative_prompt = rendered.positive, rendered.negative
     start = rendered.diffusion
     low, high = start["strength_range"]
-    params = {"strength": round(low if rung.strength == "low" else (low + high) / 2, 2),
+    params = {"strength": round(low if rung.strength == "low" else (low + high) / 2, 3),
               "guidance": start["guidance"], "steps": start["steps"], "seed": ctx.seed}
     if rung.control and start["control"]:
         params.update(control=start["control"], control_scale=start["control_scale"],

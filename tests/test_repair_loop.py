@@ -393,3 +393,32 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert result.stdout == ""
     assert digest(tmp_path / "in") == before
+
+
+# ---- diffusers backend on a tiny random pipeline -------------------------------------------------
+
+
+def test_diffusers_attempts_keep_the_seed_and_change_one_variable(tmp_path):
+    """A random tiny inpainting model cannot repair anything, so verify rolls every attempt back; what
+    is checked is how the loop drives diffusion: denoise from the low end of the template's range to
+    its middle, seed and everything else locked, and no pixel outside the mask ever delivered."""
+    pytest.importorskip("diffusers")
+    from prompts.render import load_template
+    from tests.tiny_pipelines import build_tiny_models
+
+    models = build_tiny_models(tmp_path / "models")
+    case = blurred_case()
+    state = run_loop(tmp_path, case.candidate, case.source, backend="diffusers", model=str(models.inpaint),
+                     budget=Budget(max_passes=2))
+    assert [a.plan.tool for a in state.attempts] == ["diffusers", "diffusers"]
+    first, second = (a.plan.parameters for a in state.attempts)
+    low, high = load_template("texture-edge").diffusion.denoise
+    assert first["strength"] == pytest.approx(low) and second["strength"] == pytest.approx((low + high) / 2)
+    assert {k: v for k, v in first.items() if k != "strength"} == {k: v for k, v in second.items() if k != "strength"}
+    assert first["seed"] == state.inputs.seed
+    assert all(a.outcome == Outcome.rolled_back for a in state.attempts), [a.reason for a in state.attempts]
+    assert np.array_equal(final_image(state), case.candidate)
+    for attempt in state.attempts:  # the tool itself composites back: nothing outside its mask moved
+        out = np.asarray(Image.open(Path(state.inputs.out_dir) / attempt.image))
+        mask = np.asarray(Image.open(Path(state.inputs.out_dir) / attempt.mask)) > 0
+        assert np.array_equal(out[~mask], case.candidate[~mask])
