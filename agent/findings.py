@@ -18,8 +18,9 @@ from checks.base import Finding, Region
 if TYPE_CHECKING:
     from agent.files import RunFiles
 
-# Two regions of the same kind are one defect when they overlap this much (intersection over the
-# smaller box) ...
+# Two findings of one kind are one defect when both cover the whole image, or both have regions
+# that overlap this much (intersection over the smaller box). A regional finding and a whole-image
+# one are different defects (a soft patch that became a soft picture is a new, wider defect).
 SAME_REGION_OVERLAP = 0.3
 
 
@@ -39,6 +40,7 @@ def new_key(kind: str, box: Sequence[int] | None) -> str:
 def match_keys(findings: Sequence[Finding], previous: Sequence[FindingRecord]) -> list[str]:
     """One key per finding: the key of the previous record it continues, else a new one."""
     taken: set[str] = set()
+    old_keys = {old.key for old in previous}
     keys: list[str] = []
     for finding in findings:
         box = None if finding.region is None else finding.region.box
@@ -46,12 +48,14 @@ def match_keys(findings: Sequence[Finding], previous: Sequence[FindingRecord]) -
         for old in previous:
             if old.kind != finding.kind or old.key in taken:
                 continue
-            if box is None or old.box is None or _overlap(box, old.box) >= SAME_REGION_OVERLAP:
+            whole_image = box is None and old.box is None
+            if whole_image or (box is not None and old.box is not None
+                               and _overlap(box, old.box) >= SAME_REGION_OVERLAP):
                 key = old.key
                 break
         if key is None:
             key = new_key(finding.kind, box)
-            while key in taken:  # two findings of one kind with the same box: keep keys unique
+            while key in taken or key in old_keys:  # never reuse a key another defect had
                 key += "+"
         taken.add(key)
         keys.append(key)
@@ -94,11 +98,23 @@ def to_finding(record: FindingRecord, mask: np.ndarray | None = None) -> Finding
                    check=record.kind, mask=mask)
 
 
+MAX_SEVERITY = 1e6
+
+
 def severity(record: FindingRecord | dict) -> float:
-    """How far past its limit a finding is: |score| / |threshold| (1 = at the limit)."""
-    score = record["score"] if isinstance(record, dict) else record.score
-    threshold = record.get("threshold", 0.0) if isinstance(record, dict) else record.threshold
-    return abs(score) / abs(threshold) if threshold else abs(score)
+    """How far past its limit a finding is, >= 1 (1 = at the limit), whichever way its score runs.
+
+    Most scores grow with the defect (EV off, share of pixels changed): |score| / |threshold|. Some
+    fall (texture_blur's detail ratio, a finger gap, a face similarity): |threshold| / |score|. A
+    finding only exists past its limit, so the side of the limit its score is on tells which.
+    """
+    score = abs(record["score"] if isinstance(record, dict) else record.score)
+    threshold = abs(record.get("threshold", 0.0) if isinstance(record, dict) else record.threshold)
+    if threshold == 0:
+        return score
+    if score >= threshold:
+        return score / threshold
+    return threshold / score if score > 0 else MAX_SEVERITY
 
 
 def _plain(value):

@@ -165,9 +165,7 @@ def triage(state: RunState, runtime: Runtime[RunContext]) -> dict:
     ctx = runtime.context
     result = choose_next(state.findings, state.open_defects, [p.value for p in ctx.policy.gate.fail_on],
                          state.inputs.polish, state.budget, state.spend, state.verdict)
-    update: dict[str, Any] = {"target": result.target, "plan": None}
-    if result.blocked:
-        update["open_defects"] = {**state.open_defects, **result.blocked}
+    update: dict[str, Any] = {"target": result.target, "plan": None, "held_back": result.blocked}
     if result.stop_reason:
         update["stop_reason"] = result.stop_reason
     else:

@@ -35,7 +35,7 @@ def build_report(state: RunState, final_image: str | None, review_sheet: str | N
         run_id=state.run_id, verdict=state.verdict, stop_reason=state.stop_reason, final_image=final_image,
         review_sheet=review_sheet, inputs=state.inputs, budget=state.budget, spend=state.spend,
         loop_overhead_seconds_per_pass=overhead_per_pass(state), findings=state.findings,
-        open_defects=list(state.open_defects.values()), check_notes=state.check_notes, attempts=state.attempts)
+        open_defects=[*state.open_defects.values(), *state.held_back.values()], check_notes=state.check_notes, attempts=state.attempts)
 
 
 def review_repairs(state: RunState, ctx: "RunContext") -> list:
@@ -91,7 +91,8 @@ def write_images(state: RunState, ctx: "RunContext") -> None:
     notes = [f"stop: {state.stop_reason}",
              f"{state.spend.passes} pass(es), {accepted} accepted, ${state.spend.usd:.4f} spent, "
              f"{state.spend.seconds:.1f} s"]
-    notes += [f"open: {d.kind} ({d.priority}): {d.reason}; would fix: {d.would_fix}" for d in state.open_defects.values()]
+    notes += [f"open: {d.kind} ({d.priority}): {d.reason}; would fix: {d.would_fix}"
+              for d in [*state.open_defects.values(), *state.held_back.values()]]
     review_file = "review.png"
     render_review(ctx.image_array(state.inputs.image), ctx.image_array(state.current_image),
                   review_repairs(state, ctx), files._target(review_file),

@@ -42,14 +42,19 @@ INPUT_IMAGE_TOKENS = 1500  # rough image-input tokens of one edit request (image
 
 @dataclass(frozen=True)
 class Rung:
-    """One step of a ladder: the tool, where its mask comes from, and what it changes."""
+    """One step of a ladder: the tool, where its mask comes from, and what it changes.
+
+    ``does`` says what the repair is (shown as "first repair: ..." when it is the first rung a run
+    can use); ``change`` says what it changes from the rung before it.
+    """
 
     tool: str
+    does: str
     change: str
     mask: MaskSource = MaskSource.none
     grow: int = 0  # steps of ``wider_mask`` the mask grows by
     parameters: dict[str, Any] = field(default_factory=dict)
-    needs: tuple[str, ...] = ()  # "source", "mask", "controlnet"
+    needs: tuple[str, ...] = ()  # "source", "mask", "no_source", "controlnet", "diffusers"
     prepare: str | None = None
     strength: str = "low"  # diffusion denoise: "low" end of the template's range, or "mid"
     control: bool = False  # diffusion: add the template's control map
@@ -90,44 +95,60 @@ def _generative(kind: str, backend: str) -> list[Rung]:
     """The generative rungs of a defect; each changes one variable from the rung before it."""
     masked = MaskSource.finding
     if kind == "subject_cropped":
-        return [Rung(GENERATIVE, "first repair: grow the canvas where the subject is cut, outpaint the new area",
-                     prepare="expand_canvas"),
-                Rung(GENERATIVE, "denoise further into its range", prepare="expand_canvas", strength="mid")]
+        does = "grow the canvas where the subject is cut and outpaint the new area"
+        return [Rung(GENERATIVE, does, does, prepare="expand_canvas"),
+                Rung(GENERATIVE, does, "denoise to the middle of its range", prepare="expand_canvas",
+                     strength="mid", needs=("diffusers",))]
     if kind in ("perspective_broken", "mirrored"):
-        return [Rung(GENERATIVE, "first repair: redraw the whole image with the structure rules"),
-                Rung(GENERATIVE, "add a control map of the structure", control=True, needs=("controlnet",)),
-                Rung(GENERATIVE, "denoise further into its range", strength="mid", needs=("diffusers",))]
+        does = "redraw the whole image under the template's structure rules"
+        return [Rung(GENERATIVE, does, does),
+                Rung(GENERATIVE, does, "add a control map of the structure", control=True, needs=("controlnet",)),
+                Rung(GENERATIVE, does, "denoise to the middle of its range", strength="mid", needs=("diffusers",))]
     if backend == "diffusers":
-        return [Rung(GENERATIVE, "first repair: inpaint the finding's mask at the low end of the denoise range", masked),
-                Rung(GENERATIVE, "denoise to the middle of its range", masked, strength="mid"),
-                Rung(GENERATIVE, "add a control map", masked, strength="mid", control=True, needs=("controlnet",)),
-                Rung(GENERATIVE, "wider mask", masked, grow=1, strength="mid")]
-    return [Rung(GENERATIVE, "first repair: the template as a GPT Image edit on the finding's mask", masked),
-            Rung(GENERATIVE, "wider mask", masked, grow=1),
-            Rung(GENERATIVE, "wider mask again", masked, grow=2)]
+        does = "inpaint the finding's mask at the low end of the template's denoise range"
+        return [Rung(GENERATIVE, does, does, masked),
+                Rung(GENERATIVE, does, "denoise to the middle of its range", masked, strength="mid"),
+                Rung(GENERATIVE, does, "add a control map", masked, strength="mid", control=True, needs=("controlnet",)),
+                Rung(GENERATIVE, does, "wider mask", masked, grow=1, strength="mid")]
+    does = "the template as a GPT Image edit on the finding's mask"
+    return [Rung(GENERATIVE, does, does, masked),
+            Rung(GENERATIVE, does, "wider mask", masked, grow=1),
+            Rung(GENERATIVE, does, "wider mask again", masked, grow=2)]
 
 
 def ladder(kind: str, backend: str) -> list[Rung]:
     """Every rung for ``kind``, before filtering by what the run has."""
     if kind in LIGHT_KINDS:
-        return [Rung("local.exposure_color", "first repair: one exposure + white-balance pass matched to the "
-                     "source outside the edit mask", MaskSource.edit_mask, needs=("source", "mask")),
-                Rung("local.exposure_color", "first repair: one exposure + white-balance pass matched to the "
-                     "source on the whole image", needs=("source",)),
-                Rung("local.exposure_color", "exposure set back by the measured EV (no source: against the "
-                     "first pass)", parameters={"white_balance": False}, needs=("no_source",))]
+        outside = "one exposure + white-balance pass matched to the source outside the edit mask"
+        rungs = [Rung("local.exposure_color", outside, outside, MaskSource.edit_mask, needs=("source", "mask")),
+                 Rung("local.exposure_color", "one exposure + white-balance pass matched to the source on the "
+                      "whole image", "matched on the whole image instead of outside the mask", needs=("source",))]
+        if kind == "exposure_drift":  # measured against the first pass when there is no source
+            back = "exposure set back by the EV measured against the first pass"
+            rungs.append(Rung("local.exposure_color", back, back, parameters={"white_balance": False},
+                              needs=("no_source",)))
+        return rungs
     if kind == "mask_spill":
-        return [Rung("local.composite_back", "first repair: restore the source outside the edit mask",
-                     MaskSource.edit_mask, needs=("source", "mask")),
-                Rung("local.composite_back", "seam moved across the mask edge", MaskSource.edit_mask,
+        does = "restore the source outside the edit mask"
+        return [Rung("local.composite_back", does, does, MaskSource.edit_mask, needs=("source", "mask")),
+                Rung("local.composite_back", does, "seam moved across the mask edge", MaskSource.edit_mask,
                      parameters={"seam": "center"}, needs=("source", "mask"))]
     if kind == "mirrored":
-        return [Rung("local.flip_back", "first repair: flip back left-right"), *_generative(kind, backend)]
+        return [Rung("local.flip_back", "flip back left-right", "flip back left-right"), *_generative(kind, backend)]
     if kind == "edge_halo":
-        return [Rung("local.defringe", "first repair: defringe the edge ring", MaskSource.finding),
-                Rung("local.defringe", "wider edge ring", MaskSource.finding, parameters={"grow": 2}),
+        does = "defringe the edge ring"
+        return [Rung("local.defringe", does, does, MaskSource.finding),
+                Rung("local.defringe", does, "wider edge ring", MaskSource.finding, parameters={"grow": 2}),
                 *_generative(kind, backend)]
     return _generative(kind, backend)
+
+
+def _template_has_control(kind: str) -> bool:
+    from checks.base import DEFECT_KINDS
+    from prompts.render import load_template
+
+    template = DEFECT_KINDS[kind].template if kind in DEFECT_KINDS else None
+    return bool(template) and load_template(template).diffusion.control not in (None, "none")
 
 
 def _usable(rung: Rung, ctx: PlanContext) -> bool:
@@ -148,7 +169,18 @@ def _usable(rung: Rung, ctx: PlanContext) -> bool:
 
 
 def usable_ladder(kind: str, ctx: PlanContext) -> list[Rung]:
-    rungs = [r for r in ladder(kind, ctx.backend) if _usable(r, ctx)]
+    """The rungs this run can climb, at most ``max_attempts_per_defect``. A control-map rung needs a
+    template that names a control; once a rung adds the control map, the rungs after it keep it
+    (so each still changes one variable)."""
+    from dataclasses import replace
+
+    rungs = [r for r in ladder(kind, ctx.backend) if _usable(r, ctx)
+             and not (r.control and not _template_has_control(kind))]
+    sticky = False
+    for index, rung in enumerate(rungs):
+        if sticky and not rung.control:
+            rungs[index] = replace(rung, control=True)
+        sticky = sticky or rung.control
     return rungs[: ctx.settings.max_attempts_per_defect]
 
 
@@ -181,7 +213,7 @@ def would_fix(kind: str, template: str) -> str:
     from prompts.render import load_template
 
     start = load_template(template).diffusion
-    control = f" with {start.control} control" if start.control else ""
+    control = f" with {start.control} control" if start.control not in (None, "none") else ""
     return (f"the {template} template as a GPT Image edit (--backend openai) or as a diffusion "
             f"{start.mode} at denoise {start.denoise[0]:.2f}-{start.denoise[1]:.2f}{control} (--backend diffusers)"
             f"{' on the finding' + chr(39) + 's mask' if kind not in ('perspective_broken', 'subject_cropped') else ''}")
@@ -207,8 +239,9 @@ def plan_repair(target: FindingRecord, findings: Sequence[FindingRecord], histor
         return Decision(open=OpenDefect(key=target.key, kind=target.kind, priority=target.priority,
                                         reason=reason, would_fix=would_fix(target.kind, target.template)))
     rung = rungs[rung_index]
+    change = f"first repair: {rung.does}" if rung_index == 0 else rung.change
     plan = RepairPlan(target=target, template=target.template, tool=rung.tool, rung=rung_index,
-                      change=rung.change, mask_source=rung.mask, parameters=dict(rung.parameters),
+                      change=change, mask_source=rung.mask, parameters=dict(rung.parameters),
                       prepare=rung.prepare)
     if rung.grow:
         diagonal = (ctx.image_size[0] ** 2 + ctx.image_size[1] ** 2) ** 0.5
@@ -257,7 +290,7 @@ def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: P
         if ctx.base_url:
             plan.parameters["base_url"] = ctx.base_url
         plan.estimated_usd = round(estimate_usd(ctx, quality), 4)
-        if ctx.max_usd > 0 and ctx.spent_usd + plan.estimated_usd > ctx.max_usd:
+        if ctx.spent_usd + plan.estimated_usd > ctx.max_usd:  # a $0 budget allows no paid call
             return Decision(stop=f"budget: the next paid repair (about ${plan.estimated_usd:.4f}) would pass "
                                  f"the ${ctx.max_usd:.2f} budget (${ctx.spent_usd:.4f} spent)")
         return Decision(plan=plan)

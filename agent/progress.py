@@ -93,8 +93,10 @@ class ConsoleProgress:
         self.console.print(f"[bold]done[/bold]: {escape(state.stop_reason or '')}")
         self.console.print(f"  final verdict [{colour}]{state.verdict}[/{colour}] · {state.spend.passes} pass(es) · "
                            f"${state.spend.usd:.4f} · {state.spend.seconds:.1f} s")
-        for name in ("final", "report.json", "review.png"):
-            self.console.print(f"  {escape(state.inputs.out_dir)}/{name}{'.*' if name == 'final' else ''}")
+        from agent.outputs import final_name
+
+        for name in (final_name(state.inputs.output_format), "report.json", "review.png"):
+            self.console.print(f"  {escape(state.inputs.out_dir)}/{name}")
 
 
 def ask_approval(console: Console):

@@ -196,6 +196,7 @@ class RunState(BaseModel):
     attempts: Annotated[list[Attempt], operator.add] = Field(default_factory=list)
     tries: dict[str, int] = Field(default_factory=dict)  # finding key -> attempts spent on it
     open_defects: dict[str, OpenDefect] = Field(default_factory=dict)  # key -> why it stays open
+    held_back: dict[str, OpenDefect] = Field(default_factory=dict)  # detail defects an open structure defect holds back (recomputed by every triage)
     approved: bool | None = None  # the user's answer for the pending paid plan
     stop_reason: str | None = None
     finished: bool = False

@@ -34,7 +34,7 @@ LIGHT_BEFORE_RESTORE = ("exposure_drift", "color_temperature_drift")
 class Triage:
     target: FindingRecord | None = None
     stop_reason: str | None = None
-    blocked: dict[str, OpenDefect] = field(default_factory=dict)  # detail defects a structure defect holds back
+    blocked: dict[str, OpenDefect] = field(default_factory=dict)  # detail defects a structure defect holds back now
 
 
 def order_key(record: FindingRecord) -> tuple[int, int, float]:
@@ -45,7 +45,7 @@ def budget_stop(budget: Budget, spend: Spend) -> str | None:
     """The stop reason when a limit is reached, else None."""
     if spend.passes >= budget.max_passes:
         return f"budget: {spend.passes} of {budget.max_passes} passes used"
-    if spend.usd >= budget.max_usd and budget.max_usd > 0:
+    if spend.usd > 0 and spend.usd >= budget.max_usd:
         return f"budget: ${spend.usd:.4f} of ${budget.max_usd:.2f} spent"
     if spend.seconds >= budget.max_seconds:
         return f"budget: {spend.seconds:.1f} s of {budget.max_seconds:.0f} s used"
@@ -86,7 +86,8 @@ def triage(findings: list[FindingRecord], open_defects: dict[str, OpenDefect], f
         return Triage(stop_reason=stop, blocked=blocked)
 
     target = pending[0]
-    if target.kind == "mask_spill":
+    other_structure = [f for f in pending if f.stage == Stage.structure.value and f.kind != "mask_spill"]
+    if target.kind == "mask_spill" and not other_structure:
         light = [f for f in pending if f.kind in LIGHT_BEFORE_RESTORE and _against_source(f)]
         if light:
             target = light[0]

@@ -7,8 +7,10 @@ An attempt is accepted only when all of these hold:
    with the image before the attempt as the source and the repair's mask as the edit mask, finds
    nothing (GPT Image treats its mask as a hint, so this is where its drift is caught);
 3. its target is gone, or clearly improved: at least ``min_improvement`` of the finding's excess
-   past its limit was removed;
-4. no new P0/P1 finding appeared, and no finding already there got ``worse_factor`` times worse.
+   past its limit was removed, on the same measure (a finding now judged against another limit, say
+   a soft region that became a soft picture, is not counted as improved);
+4. no new P0/P1 finding appeared, and no finding already there (the pass's other targets included)
+   got ``worse_factor`` times worse.
 
 Otherwise the run keeps the image before the attempt, and the reason goes into the report. A
 rejection whose reason starts with ``spilled`` lets the planner salvage the output (composite it
@@ -38,7 +40,10 @@ def outside_change(before: np.ndarray, after: np.ndarray, mask: np.ndarray, poli
     from checks.base import CheckSkipped, REGISTRY
     from checks.context import CheckContext
 
-    if before.shape != after.shape or mask.shape != before.shape[:2] or mask.all():
+    if before.shape != after.shape:
+        return (f"the output is {after.shape[1]}x{after.shape[0]} but the image was "
+                f"{before.shape[1]}x{before.shape[0]}, so nothing outside the mask can be kept")
+    if mask.shape != before.shape[:2] or mask.all():
         return None
     ctx = CheckContext.from_arrays(after, before, mask, max_side=policy.analysis.max_side)
     try:
@@ -70,6 +75,8 @@ def judge(plan: RepairPlan, before: Sequence[FindingRecord], after: Sequence[Fin
         if new is None:
             progress.append(f"{old.kind} gone")
             continue
+        if (new.threshold, new.unit) != (old.threshold, old.unit):
+            continue  # measured another way now (a soft patch became a soft picture): no claim of progress
         excess = severity(old) - 1.0
         removed = severity(old) - severity(new)
         if excess > 0 and removed >= min_improvement * excess:
@@ -86,7 +93,7 @@ def judge(plan: RepairPlan, before: Sequence[FindingRecord], after: Sequence[Fin
         names = ", ".join(f"{f.kind} ({f.priority}, {f.score:g} {f.unit})" for f in appeared)
         return Judgement(False, f"new defect: {names} appeared ({'; '.join(progress)})")
     worse = [(before_by_key[f.key], f) for f in after
-             if f.key in before_by_key and f.key not in targets
+             if f.key in before_by_key and (f.threshold, f.unit) == (before_by_key[f.key].threshold, before_by_key[f.key].unit)
              and severity(f) > worse_factor * severity(before_by_key[f.key])]
     if worse:
         names = ", ".join(f"{old.kind} {old.score:g} -> {new.score:g} {new.unit}" for old, new in worse)

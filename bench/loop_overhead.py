@@ -11,15 +11,15 @@ Per run it splits the wall time of the ``start_run`` call into
 
 - check and tool time (``spend.check_seconds``, ``spend.tool_seconds``);
 - node overhead: node time outside checks and tools (``spend.seconds`` minus both; what
-  ``report.json`` calls ``loop_overhead_seconds_per_pass`` times the passes);
+  ``report.json`` calls ``loop_overhead_seconds_per_pass`` times the passes), of which the finish
+  node's writes (final image, review sheet, report);
 - framework time: ``wall - spend.seconds``: opening the run (decoding the inputs), compiling the
-  graph, LangGraph scheduling, SQLite checkpoint writes, ``get_state``, and the finish node's writes
-  (the finish node takes its spend before ``write_outputs``, so those land here, not in the spend);
+  graph, LangGraph scheduling, SQLite checkpoint writes, ``get_state`` and the report's own write;
 
 and divides by the passes. The parts of the framework time and the per-node times come from
 wrapping functions in this process only (nothing in the repository is changed): the node functions
 in ``agent.graph``, ``RunContext.open``, ``agent.runner.open_graph``, ``SqliteSaver.put``/``put_writes``
-and ``agent.outputs.write_outputs``. Prints medians and the ratios of overhead to check + tool time.
+and ``agent.outputs.write_images`` / ``write_report``. Prints medians and the ratios of overhead to check + tool time.
 With ``--profile auto`` a run is profiled (cProfile, switched off inside checks and tools) when the
 overhead is over 50 ms per pass. Writes everything to bench/results/loop_overhead.json.
 """
@@ -36,7 +36,6 @@ import platform
 import pstats
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -186,7 +185,8 @@ def instrument(probe: Probe):
 
     patch(SqliteSaver, "put", timed("checkpoint_put", SqliteSaver.put))
     patch(SqliteSaver, "put_writes", timed("checkpoint_put_writes", SqliteSaver.put_writes))
-    patch(outputs_mod, "write_outputs", timed("write_outputs", outputs_mod.write_outputs))
+    patch(outputs_mod, "write_images", timed("finish_writes", outputs_mod.write_images))
+    patch(outputs_mod, "write_report", timed("finish_writes", outputs_mod.write_report))
     try:
         yield probe
     finally:
@@ -228,7 +228,7 @@ def one_run(inputs_dir: Path, work: Path, index: int, probe: Probe, progress: bo
     return {
         "wall": wall, "passes": spend.passes, "seconds": spend.seconds, "check": spend.check_seconds,
         "tool": spend.tool_seconds, "node_overhead": spend.seconds - spend.check_seconds - spend.tool_seconds,
-        "framework": wall - spend.seconds, "finish_writes": s["write_outputs"],
+        "framework": wall - spend.seconds, "finish_writes": s["finish_writes"],
         "setup": setup, "checkpoint": checkpoint, "get_state": s["get_state"],
         # node time the spend misses (the finish node's writes, mostly)
         "node_unspent": nodes_wall - sum(n["spend"] for n in probe.nodes),
@@ -320,7 +320,6 @@ def main() -> None:
     ms = lambda seconds: seconds * 1000  # noqa: E731
     pp = lambda key: med[key] / passes  # noqa: E731
     work_pp = pp("check") + pp("tool")
-    framework_no_finish = pp("framework") - pp("finish_writes")
     print(f"machine: {info['cpu']}, {info['cores']} cores, GPU {info['gpu']}, Python {info['python']}")
     print(f"example 512x512, backend local, {args.runs} runs after 1 warm-up, progress printer "
           f"{'on (to memory)' if progress else 'off'}, medians")
@@ -334,8 +333,8 @@ def main() -> None:
         ("  checks", "check"),
         ("  tools", "tool"),
         ("  node time outside checks and tools", "node_overhead"),
+        ("    of which finish (final, review, report)", "finish_writes"),
         ("  framework (wall - spend.seconds)", "framework"),
-        ("    of which finish writes (write_outputs)", "finish_writes"),
         ("    of which open context + compile graph", "setup"),
         ("    of which SQLite checkpoint writes", "checkpoint"),
         ("    of which get_state", "get_state"),
@@ -347,13 +346,13 @@ def main() -> None:
     ratios = {
         "node_overhead": pp("node_overhead") / work_pp,
         "framework": pp("framework") / work_pp,
-        "framework_without_finish_writes": framework_no_finish / work_pp,
+        "node_overhead_without_finish_writes": (pp("node_overhead") - pp("finish_writes")) / work_pp,
         "total_overhead": overhead / work_pp,
     }
     print(f"check + tool per pass {ms(work_pp):.1f} ms; overhead / (check + tool):")
     print(f"  node overhead                     {ratios['node_overhead']:.3f}")
     print(f"  framework                         {ratios['framework']:.3f}")
-    print(f"  framework without finish writes   {ratios['framework_without_finish_writes']:.3f}")
+    print(f"  node overhead w/o finish writes   {ratios['node_overhead_without_finish_writes']:.3f}")
     print(f"  node + framework                  {ratios['total_overhead']:.3f}"
           f"   ({ms(overhead):.1f} ms per pass)")
     print()
@@ -362,7 +361,6 @@ def main() -> None:
     for name, row in nodes.items():
         print(f"{name:22s} {row['calls']:5g} {ms(row['wall']):9.1f} {ms(row['check']):9.1f} "
               f"{ms(row['tool']):9.1f} {ms(row['other']):9.1f}")
-    print("(finish 'other' includes write_outputs, which the finish node leaves out of spend.seconds)")
     if profile is not None:
         print()
         print("profile of one more run, cProfile paused inside checks and tools (top by cumulative time):")
@@ -381,8 +379,8 @@ def main() -> None:
                                      "setup", "checkpoint", "get_state", "scheduling")},
         "ratios_to_check_plus_tool": ratios, "per_node_median_seconds": nodes,
         "warmup_wall_seconds": warm["wall"],
-        "finish_writes_note": "timed by wrapping agent.outputs.write_outputs inside the run; the finish "
-                              "node takes its spend before writing, so this time is in the framework time",
+        "finish_writes_note": "timed by wrapping agent.outputs.write_images and write_report inside the run; "
+                              "the images are in the finish node's spend, the report's own write is not",
         "raw_runs": runs, "profile": profile,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -103,8 +103,19 @@ def _refuse_input(target: Path, guarded: set[Path]) -> None:
         raise InputError(f"output {str(target)!r} is one of the inputs: choose another --out folder")
 
 
+def _default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file (0o666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 class atomic_path:
-    """Context manager giving a temporary path beside ``target``; renamed over it on success."""
+    """Context manager giving a temporary path beside ``target``; renamed over it on success.
+    The file gets the usual mode for new files (mkstemp alone would leave it owner-only)."""
 
     def __init__(self, target: Path):
         self.target = Path(target)
@@ -116,6 +127,7 @@ class atomic_path:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            os.chmod(self.tmp, _FILE_MODE)
             os.replace(self.tmp, self.target)
         elif os.path.exists(self.tmp):
             os.unlink(self.tmp)

@@ -178,7 +178,7 @@ def test_an_open_structure_defect_holds_back_the_detail_repairs(tmp_path):
     offline, so the hand is not attempted either (a hand repaired on a wrong framing is wasted)."""
     state = run_loop(tmp_path, photo("gen_hand_malformed_03.jpg"))
     crop = [d for d in state.open_defects.values() if d.kind == "subject_cropped"]
-    hand = [d for d in state.open_defects.values() if d.kind == "hand_malformed"]
+    hand = [d for d in state.held_back.values() if d.kind == "hand_malformed"]
     assert crop and "recompose" in crop[0].would_fix
     assert hand and "structure defect subject_cropped is still open" in hand[0].reason
     assert not state.attempts
