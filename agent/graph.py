@@ -276,6 +276,8 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
         used_mask = None if plan.tool == "local.exposure_color" else (result.mask if result.mask is not None else mask)
         if used_mask is not None and used_mask.shape == result.image.shape[:2]:
             attempt.mask = ctx.files.save_mask(used_mask, f"attempts/{index:02d}-mask.png")
+        if result.control is not None:
+            attempt.control = ctx.files.save_image(result.control, f"attempts/{index:02d}-control.png")
         attempt.tool_parameters = _plain(result.parameters)
         attempt.cost_usd = round(cost, 6)
         attempt.seconds = round(tool_seconds, 4)

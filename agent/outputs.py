@@ -58,6 +58,7 @@ def review_repairs(state: RunState, ctx: "RunContext") -> list:
             before=ctx.image_array(attempt.before_image),
             after=ctx.image_array(attempt.image),
             mask=None if attempt.mask is None else ctx.files.mask(attempt.mask),
+            control=None if attempt.control is None else ctx.files.image(attempt.control),
             box=None if box is None else tuple(box),
             parameters=parameters,
         ))

@@ -265,6 +265,19 @@ def _salvage(target: FindingRecord, rejected: Attempt) -> RepairPlan:
         parameters={"seam": "inside", "attempt": rejected.index})
 
 
+def _control_option(start: dict[str, Any]) -> tuple[str, float] | None:
+    """(control type, scale) for the control-map rung: the template's own control, except depth,
+    which needs a depth map the loop does not have; then the template's next option (canny for
+    perspective), at the middle of its scale range."""
+    options = [o for o in start["control_options"] if o["type"] != "depth"]
+    if start["control"] not in (None, "none", "depth"):
+        return start["control"], start["control_scale"]
+    if not options:
+        return None
+    low, high = options[0]["scale"]
+    return options[0]["type"], round((low + high) / 2, 2)
+
+
 def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: PlanContext) -> Decision:
     from agent.findings import to_finding
     from prompts.render import TemplateError, render
@@ -300,9 +313,10 @@ def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: P
     low, high = start["strength_range"]
     params = {"strength": round(low if rung.strength == "low" else (low + high) / 2, 3),
               "guidance": start["guidance"], "steps": start["steps"], "seed": ctx.seed}
-    if rung.control and start["control"]:
-        params.update(control=start["control"], control_scale=start["control_scale"],
-                      controlnet=ctx.settings.diffusers_controlnet)
+    if rung.control:
+        control = _control_option(start)
+        if control is not None:
+            params.update(control=control[0], control_scale=control[1], controlnet=ctx.settings.diffusers_controlnet)
     model = ctx.model or ctx.settings.diffusers_model
     if model:
         params["model"] = model

@@ -153,6 +153,7 @@ class Attempt(BaseModel):
     before_image: str | None = None  # the image the attempt started from
     image: str | None = None  # the attempt's output PNG (relative to the run folder)
     mask: str | None = None  # the mask the tool used (PNG, relative)
+    control: str | None = None  # the control map a diffusion repair conditioned on (PNG, relative)
     tool_parameters: dict[str, Any] = Field(default_factory=dict)  # what the tool reports it used
     cost_usd: float = 0.0
     seconds: float = 0.0  # tool time

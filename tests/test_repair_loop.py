@@ -422,3 +422,25 @@ def test_diffusers_attempts_keep_the_seed_and_change_one_variable(tmp_path):
         out = np.asarray(Image.open(Path(state.inputs.out_dir) / attempt.image))
         mask = np.asarray(Image.open(Path(state.inputs.out_dir) / attempt.mask)) > 0
         assert np.array_equal(out[~mask], case.candidate[~mask])
+
+
+def test_diffusers_control_map_rung_uses_the_configured_controlnet(tmp_path):
+    """With a ControlNet in the policy, the third rung adds the template's control map (canny for
+    texture-edge) and keeps everything else; the map it conditioned on is saved with the attempt."""
+    pytest.importorskip("diffusers")
+    from tests.tiny_pipelines import build_tiny_models
+
+    models = build_tiny_models(tmp_path / "models")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[repair]\ndiffusers_controlnet = "{models.controlnet}"\n')
+    case = blurred_case()
+    state = run_loop(tmp_path, case.candidate, case.source, backend="diffusers", model=str(models.base),
+                     policy=str(policy), budget=Budget(max_passes=3))
+    plans = [a.plan for a in state.attempts]
+    assert [p.change for p in plans][2] == "add a control map"
+    third = plans[2].parameters
+    assert third["control"] == "canny" and third["controlnet"] == str(models.controlnet)
+    assert {k: v for k, v in third.items() if k not in ("control", "control_scale", "controlnet")} == plans[1].parameters
+    control = state.attempts[2].control
+    assert control and (Path(state.inputs.out_dir) / control).is_file()
+    assert state.attempts[2].outcome in (Outcome.rolled_back, Outcome.accepted)

@@ -56,6 +56,7 @@ class RepairResult:
     seconds: float = 0.0
     cost_usd: float = 0.0
     notes: list[str] = field(default_factory=list)
+    control: np.ndarray | None = None  # the control map a generative tool conditioned on (for the review sheet)
 
 
 RepairFunction = Callable[[RepairRequest], RepairResult]

@@ -639,4 +639,5 @@ def diffusion_repair(request: RepairRequest) -> RepairResult:
                       dtype=str(dtype).replace("torch.", ""), working_size=list(size), box=list(box),
                       feather_px=round(feather, 2), steps_run=int(settings.steps * settings.strength))
     return RepairResult(image=result, tool=TOOL_NAME, mask=None if mask is None else mask.copy(),
-                        parameters=parameters, seconds=time.perf_counter() - started, cost_usd=0.0, notes=notes)
+                        parameters=parameters, seconds=time.perf_counter() - started, cost_usd=0.0, notes=notes,
+                        control=control)
