@@ -406,6 +406,7 @@ def repair(
         _fail_input(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
     progress = ConsoleProgress()
     approver = ask_approval(progress.console) if approve else None
+    run_id = resume
     try:
         if resume is not None:
             state = resume_run(resume, progress=progress, approver=approver or (ask_approval(progress.console)))
@@ -435,6 +436,11 @@ def repair(
     except OSError as exc:
         progress.stop()
         _fail_input(f"could not write the run folder ({exc.strerror}: {exc.filename}): choose a writable --out")
+    except KeyboardInterrupt:
+        progress.stop()
+        hint = f"; continue it with fixloop repair --resume {run_id}" if run_id else ""
+        typer.echo(f"fixloop: interrupted{hint}", err=True)
+        raise typer.Exit(130)
     progress.stop()
     if as_json:
         report = Path(state.inputs.out_dir) / "report.json"

@@ -286,6 +286,8 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
         attempt.outcome, attempt.reason = Outcome.failed, f"moderation: {exc}"
     except RepairError as exc:
         attempt.outcome, attempt.reason = Outcome.failed, f"tool error: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a crashed tool is one failed attempt, reported, not the end of the run
+        attempt.outcome, attempt.reason = Outcome.failed, f"tool crashed: {type(exc).__name__}: {exc}"
     return {"pending": attempt,
             "spend": _spend(state, started, passes=1, usd=cost, tool_seconds=tool_seconds)}
 

@@ -315,9 +315,10 @@ def test_cli_repairs_the_example_with_progress_and_exit_code(tmp_path):
     assert data["run_id"] in listed.stdout
 
 
-def test_killed_run_resumes_without_repeating_a_finished_paid_call(tmp_path):
-    """The first paid call finishes (and is rolled back); the process is killed while the second is in
-    flight; --resume makes the second call again, never the first."""
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["killed", "ctrl-c"])
+def test_killed_run_resumes_without_repeating_a_finished_paid_call(tmp_path, stop):
+    """The first paid call finishes (and is rolled back); the process is killed (or interrupted with
+    Ctrl-C) while the second is in flight; --resume makes the second call again, never the first."""
     case = blurred_case()
     paths = write_case(tmp_path, case.candidate, case.source)
     release = threading.Event()
@@ -340,9 +341,12 @@ def test_killed_run_resumes_without_repeating_a_finished_paid_call(tmp_path):
         while len(server.requests) < 2 and time.time() < deadline and process.poll() is None:
             time.sleep(0.05)
         assert len(server.requests) == 2, process.communicate(timeout=5)
-        process.send_signal(signal.SIGKILL)
+        process.send_signal(stop)
         _, stderr = process.communicate(timeout=30)
         release.set()
+        if stop == signal.SIGINT:
+            assert process.returncode == 130
+            assert stderr.strip().splitlines()[-1].startswith("fixloop: interrupted; continue it with fixloop repair --resume")
         run_id = stderr.split("run ", 1)[1].split()[0]
         mode["phase"] = "resumed"
         resumed = cli("repair", "--resume", run_id, env=env)
