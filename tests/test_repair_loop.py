@@ -163,6 +163,17 @@ def test_halo_is_defringed(tmp_path, name, defect):
     assert_stage_order(state)
 
 
+def test_a_cut_out_is_defringed_and_keeps_its_alpha(tmp_path):
+    """An RGBA cut-out with a bright rim: the checks read the alpha boundary, defringe removes the rim,
+    and final.png is still the cut-out (same alpha)."""
+    case = defects.halo_ring_cutout(photo("face_obama_04.jpg"), 0.8)
+    state = run_loop(tmp_path, case.candidate)
+    assert [(a.plan.tool, a.outcome) for a in state.attempts] == [("local.defringe", Outcome.accepted)]
+    assert state.verdict == "pass"
+    final = np.asarray(Image.open(Path(state.inputs.out_dir) / "final.png"))
+    assert final.shape[2] == 4 and np.array_equal(final[..., 3], case.candidate[..., 3])
+
+
 def test_a_hand_the_local_backend_cannot_repair_is_left_open_with_the_plan_that_would(tmp_path):
     state = run_loop(tmp_path, photo("gen_hand_ghost_finger_01.jpg"))
     assert state.verdict == "fail" and state.stop_reason.startswith("stuck")
