@@ -373,22 +373,7 @@ def _text_width(text: str) -> float:
 
 def _wrap(text: str, width: int) -> list[str]:
     """``text`` broken at spaces (inside over-long words if need be) into lines at most ``width`` px wide."""
-    lines: list[str] = []
-    line = ""
-    for word in text.split(" "):
-        candidate = f"{line} {word}" if line else word
-        if _text_width(candidate) <= width:
-            line = candidate
-            continue
-        if line:
-            lines.append(line)
-        line = word
-        while _text_width(line) > width and len(line) > 1:
-            cut = _fitting_prefix(line, width)
-            lines.append(line[:cut])
-            line = line[cut:]
-    lines.append(line)
-    return lines
+    return _flow(text.split(" "), width, separator=" ")
 
 
 def _fitting_prefix(text: str, width: int) -> int:
@@ -399,8 +384,19 @@ def _fitting_prefix(text: str, width: int) -> int:
     return cut
 
 
+def _break_word(word: str, width: int) -> list[str]:
+    """A word too wide for one line, cut into pieces that fit."""
+    pieces = []
+    while _text_width(word) > width and len(word) > 1:
+        cut = _fitting_prefix(word, width)
+        pieces.append(word[:cut])
+        word = word[cut:]
+    return [*pieces, word]
+
+
 def _flow(items: Sequence[str], width: int, separator: str = "    ") -> list[str]:
-    """Items packed into lines at most ``width`` px wide, an item broken only when it alone is too wide."""
+    """Items packed into lines at most ``width`` px wide; an item is broken (at its spaces, else
+    inside a word) only when it alone is too wide."""
     lines: list[str] = []
     line = ""
     for item in items:
@@ -410,9 +406,9 @@ def _flow(items: Sequence[str], width: int, separator: str = "    ") -> list[str
             continue
         if line:
             lines.append(line)
-        *full, line = _wrap(item, width)
+        *full, line = _wrap(item, width) if " " in item else _break_word(item, width)
         lines.extend(full)
-    if line:
+    if line or (separator == " " and not lines):
         lines.append(line)
     return lines
 
