@@ -292,6 +292,25 @@ def test_a_paid_call_that_would_pass_the_dollar_budget_is_not_made(tmp_path, ope
     assert state.spend.usd == 0 and not state.attempts
 
 
+def test_a_run_paused_for_approval_waits_in_its_checkpoint_until_answered(tmp_path, openai_env):
+    """In-process callers (a service, a chat) get the paused state back when nobody can answer; the
+    run waits in its checkpoint, and resume_run with an answer carries on from there."""
+    from agent.runner import resume_run
+
+    case = blurred_case()
+    questions = []
+    with OpenAIImagesServer(image=clean_fix(case.source)) as server:
+        paused = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url,
+                          approve=True)
+        assert not paused.finished and paused.plan.paid and server.requests == []
+        assert load_run(paused.run_id, db=tmp_path / "runs.sqlite").plan.tool == "openai"
+        done = resume_run(paused.run_id, approver=lambda q: questions.append(q) or True, db=tmp_path / "runs.sqlite")
+        assert len(server.requests) == 1
+    assert questions and questions[0]["tool"] == "openai" and questions[0]["estimated_usd"] > 0
+    assert done.finished and done.verdict == "pass"
+    assert [a.outcome for a in done.attempts] == [Outcome.accepted]
+
+
 def test_moderation_block_leaves_the_defect_open(tmp_path, openai_env):
     from tests.openai_server import moderation_error
 
