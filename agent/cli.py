@@ -138,8 +138,15 @@ def list_models(
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of the `check --json` report."""
+def schema(
+    repair_report: bool = typer.Option(False, "--repair", help="the schema of a repair run's report.json instead"),
+) -> None:
+    """Print the JSON Schema of the `check --json` report (or, with --repair, of `repair`'s report.json)."""
+    if repair_report:
+        from agent.state import repair_schema_text
+
+        sys.stdout.write(repair_schema_text())
+        return
     from checks.report import schema_text
 
     sys.stdout.write(schema_text())

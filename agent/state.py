@@ -23,8 +23,10 @@ The pieces, in the order a run fills them:
 
 from __future__ import annotations
 
+import json
 import operator
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -223,6 +225,14 @@ class RepairReport(BaseModel):
     open_defects: list[OpenDefect]
     check_notes: list[str]
     attempts: list[Attempt]
+
+
+REPAIR_SCHEMA_PATH = Path(__file__).with_name("repair_report.schema.json")
+
+
+def repair_schema_text() -> str:
+    """The JSON Schema of ``report.json`` of a repair run (published beside this module)."""
+    return json.dumps(RepairReport.model_json_schema(), indent=2, sort_keys=True) + "\n"
 
 
 # Every class a checkpoint may hold; the checkpointer refuses to load any other.

@@ -92,6 +92,15 @@ def assert_stage_order(state) -> None:
 # ---- local backend: the deterministic repairs ---------------------------------------------------
 
 
+def test_published_repair_report_schema_matches_the_models_and_a_real_report():
+    from agent.state import REPAIR_SCHEMA_PATH, RepairReport, repair_schema_text
+
+    assert REPAIR_SCHEMA_PATH.read_text() == repair_schema_text(), \
+        "run `fixloop schema --repair > agent/repair_report.schema.json`"
+    assert cli("schema", "--repair").stdout == repair_schema_text()
+    assert "attempts" in RepairReport.model_json_schema()["properties"]
+
+
 def test_the_shipped_example_is_repaired_light_first_then_restored(tmp_path):
     """The README's main job: spill + darker + warmer. The light pass goes first (it is measured on the
     pixels composite-back restores), then composite-back; nothing P0/P1 is left."""
@@ -106,6 +115,9 @@ def test_the_shipped_example_is_repaired_light_first_then_restored(tmp_path):
     outside = example["mask"] == 0
     assert np.abs(final[outside] - example["source"][outside]).max() == 0  # restored exactly
     data = report(state)
+    from agent.state import RepairReport
+
+    RepairReport.model_validate(data)  # report.json follows its published schema's models
     assert data["verdict"] == "pass" and data["spend"]["usd"] == 0 and len(data["attempts"]) == 2
     assert data["attempts"][0]["findings_before"] and data["loop_overhead_seconds_per_pass"] is not None
 
