@@ -269,6 +269,15 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
         result = tool_spec(plan.tool).function(request)
         tool_seconds += time.perf_counter() - t0
         cost = float(result.cost_usd)
+        if plan.prepare == "expand_canvas" and result.image.shape == image.shape:
+            # An outpaint only adds the new strip: the part of the picture that was there comes back
+            # pixel for pixel (a GPT Image round trip would resample it), the seam fading inside the strip.
+            t0 = time.perf_counter()
+            kept = tool_spec("local.composite_back").function(
+                RepairRequest(image=result.image, mask=mask, source=image, parameters={"seam": "inside"}))
+            tool_seconds += time.perf_counter() - t0
+            result.image = kept.image
+            attempt.notes.append("the picture inside the old frame was restored exactly; only the new strip is generated")
         name = f"attempts/{index:02d}-{plan.tool}.png"
         attempt.image = ctx.files.save_image(result.image, name)
         # the mask where the tool changed pixels (an exposure pass changes every pixel; its mask only

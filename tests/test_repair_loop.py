@@ -279,6 +279,43 @@ def test_gpt_edit_that_drifted_outside_its_mask_is_caught_and_salvaged(tmp_path,
     assert report(state)["spend"]["usd"] == pytest.approx(first.cost_usd)
 
 
+def test_a_cut_off_subject_is_outpainted_on_a_grown_canvas(tmp_path, openai_env):
+    """subject_cropped through the shins: the loop grows the canvas by the finding's extension and asks
+    GPT Image to outpaint the new strip. The loopback model paints what the camera saw there (the
+    uncropped photo, mapped through the request's own geometry); verify finds the subject whole."""
+    from checks.context import CheckContext
+    from checks.engine import run_checks
+    from checks.policy import load_policy
+    from tools.openai_images import DEFAULT_MAX_PIXELS, plan_geometry, to_request_image
+
+    image = photo("body_skier_01.jpg")
+    case = defects.crop_through_shins(image, 0.5)
+    found = run_checks(CheckContext.from_arrays(case.candidate, case.source), load_policy(), names=["subject_cropped"])
+    extend = found.findings[0].evidence["extend"]
+    assert set(extend) == {"bottom"}
+    h, w = case.candidate.shape[:2]
+    scene = image[: h + int(extend["bottom"]), :w]  # the crop started at the photo's top-left corner
+
+    def outpaint(request) -> np.ndarray:
+        sent = request.images[0].decode()[..., :3].copy()
+        size = tuple(int(v) for v in request.field("size").split("x"))
+        truth = to_request_image(scene, plan_geometry(scene.shape[1], scene.shape[0], size, DEFAULT_MAX_PIXELS))
+        inside = editable(request)
+        sent[inside] = truth[inside]
+        return sent
+
+    with OpenAIImagesServer(image=outpaint) as server:
+        state = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url)
+        assert len(server.requests) == 1
+    attempt = state.attempts[0]
+    assert attempt.plan.prepare == "expand_canvas" and attempt.plan.template == "recompose"
+    assert attempt.outcome == Outcome.accepted and any("canvas grown" in n for n in attempt.notes)
+    assert state.verdict == "pass"
+    final = final_image(state)
+    assert final.shape == scene.shape
+    assert np.array_equal(final[:h], case.candidate)  # the part that was there is kept as it was
+
+
 def test_a_repair_that_makes_things_worse_is_rolled_back_and_the_budget_stops_the_run(tmp_path, openai_env):
     case = blurred_case()
     with OpenAIImagesServer(image=blurrier) as server:
