@@ -48,7 +48,7 @@ def budget_stop(budget: Budget, spend: Spend) -> str | None:
     if spend.usd > 0 and spend.usd >= budget.max_usd:
         return f"budget: ${spend.usd:.4f} of ${budget.max_usd:.2f} spent"
     if spend.seconds >= budget.max_seconds:
-        return f"budget: {spend.seconds:.1f} s of {budget.max_seconds:.0f} s used"
+        return f"budget: {spend.seconds:.1f} s of {budget.max_seconds:g} s used"
     return None
 
 

@@ -186,6 +186,31 @@ def test_a_cut_out_is_defringed_and_keeps_its_alpha(tmp_path):
     assert final.shape[2] == 4 and np.array_equal(final[..., 3], case.candidate[..., 3])
 
 
+def test_p2_findings_wait_for_the_polish_pass(tmp_path):
+    """A policy that ranks exposure drift P2: the gate passes without touching it; --polish repairs it."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[checks.exposure_drift]\npriority = "P2"\n')
+    image = photo("face_leslie_01.jpg")
+    darker = defects.exposure(image, -0.6).candidate
+    plain = run_loop(tmp_path / "plain", darker, image, policy=str(policy))
+    assert plain.verdict == "pass" and not plain.attempts
+    assert [f.kind for f in plain.findings] == ["exposure_drift"]
+    polished = run_loop(tmp_path / "polish", darker, image, policy=str(policy), polish=True)
+    assert [(a.plan.target.priority, a.plan.tool, a.outcome) for a in polished.attempts] == [
+        ("P2", "local.exposure_color", Outcome.accepted)]
+    assert not polished.findings
+
+
+def test_the_seconds_budget_stops_the_run_with_the_input(tmp_path):
+    example = build_example()
+    state = run_loop(tmp_path, example["candidate"], example["source"], example["mask"] > 0,
+                     budget=Budget(max_seconds=0.05))
+    assert state.stop_reason.startswith("budget:") and "of 0.05 s used" in state.stop_reason
+    assert not state.attempts and state.verdict == "fail"
+    assert np.array_equal(final_image(state), example["candidate"])
+    assert report(state)["stop_reason"] == state.stop_reason
+
+
 def test_a_hand_the_local_backend_cannot_repair_is_left_open_with_the_plan_that_would(tmp_path):
     state = run_loop(tmp_path, photo("gen_hand_ghost_finger_01.jpg"))
     assert state.verdict == "fail" and state.stop_reason.startswith("stuck")
