@@ -186,7 +186,8 @@ def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
         references=list(state.inputs.references), source=state.inputs.source,
         model=state.inputs.model or (settings.openai_model if state.inputs.backend == "openai" else None) or None,
         base_url=state.inputs.base_url, seed=state.inputs.seed,
-        spent_usd=state.spend.usd, max_usd=state.budget.max_usd, paid_costs=paid)
+        spent_usd=state.spend.usd, max_usd=state.budget.max_usd, paid_costs=paid,
+        diffusers_fallback=_diffusers_fallback(settings) if state.inputs.backend == "openai" else None)
     decision = plan_repair(state.target, state.findings, state.attempts, plan_ctx)
     update: dict[str, Any] = {"plan": decision.plan, "approved": None}
     if decision.stop:
@@ -198,6 +199,17 @@ def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
         ctx.tell("plan", plan=decision.plan, attempt=state.spend.passes + 1)
     update["spend"] = _spend(state, started)
     return update
+
+
+def _diffusers_fallback(settings) -> str | None:
+    """The diffusion checkpoint a GPT Image run may switch to, when one is configured and diffusers is installed."""
+    import importlib.util
+    import os
+
+    model = settings.diffusers_model or os.environ.get("FIXLOOP_DIFFUSION_MODEL")
+    if not model or importlib.util.find_spec("diffusers") is None:
+        return None
+    return model
 
 
 def approve(state: RunState, runtime: Runtime[RunContext]) -> dict:

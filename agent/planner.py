@@ -10,7 +10,10 @@ forever.
   composite-back, a flip, a defringe. They are free and change no content.
 - Generative rungs use the run's backend: a GPT Image edit (``openai``) or a diffusion inpaint
   (``diffusers``), with the defect's repair template rendered into the prompt. Seed, size and
-  sampler stay locked for the run; the parameters start inside the failure library's ranges.
+  sampler stay locked for the run; the parameters start inside the failure library's ranges. With
+  the GPT Image backend and a diffusion checkpoint configured (policy ``diffusers_model`` or
+  ``FIXLOOP_DIFFUSION_MODEL``), a region repair that GPT Image could not do switches backend to a
+  diffusion inpaint on the same mask, which keeps every pixel outside it.
 - **Salvage**: a generative attempt that verify rejected because it changed pixels outside its mask
   (GPT Image treats the mask as a hint) is not paid for twice. The next attempt composites that
   output back inside its mask over the image it started from, so the repaired region is kept and
@@ -32,6 +35,7 @@ from agent.state import Attempt, FindingRecord, MaskSource, OpenDefect, Outcome,
 from checks.policy import RepairSettings
 
 GENERATIVE = "generative"  # placeholder tool of a rung: the run's backend (openai or diffusers)
+SWITCH_TO_DIFFUSERS = "switch:diffusers"  # a rung that leaves GPT Image for a diffusion inpaint
 LIGHT_KINDS = ("exposure_drift", "color_temperature_drift")
 
 # gpt-image-1's published output tokens for a 1024x1024 image by quality, used (scaled by area) to
@@ -77,6 +81,7 @@ class PlanContext:
     spent_usd: float = 0.0
     max_usd: float = 0.0
     paid_costs: list[float] = field(default_factory=list)
+    diffusers_fallback: str | None = None  # with the openai backend: a diffusion checkpoint to switch to
 
 
 @dataclass
@@ -113,6 +118,8 @@ def _generative(kind: str, backend: str) -> list[Rung]:
     does = "the template as a GPT Image edit on the finding's mask"
     return [Rung(GENERATIVE, does, does, masked),
             Rung(GENERATIVE, does, "wider mask", masked, grow=1),
+            Rung(SWITCH_TO_DIFFUSERS, does, "switch backend: a diffusion inpaint on the same mask keeps every "
+                 "pixel outside it", masked, grow=1, needs=("diffusers_fallback",)),
             Rung(GENERATIVE, does, "wider mask again", masked, grow=2)]
 
 
@@ -153,6 +160,8 @@ def _template_has_control(kind: str) -> bool:
 
 def _usable(rung: Rung, ctx: PlanContext) -> bool:
     if rung.tool == GENERATIVE and ctx.backend == "local":
+        return False
+    if "diffusers_fallback" in rung.needs and not (ctx.backend == "openai" and ctx.diffusers_fallback):
         return False
     for need in rung.needs:
         if need == "source" and not ctx.has_source:
@@ -251,7 +260,7 @@ def plan_repair(target: FindingRecord, findings: Sequence[FindingRecord], histor
         plan.also_fixes = others  # one pass corrects both exposure and white balance
         if "no_source" in rung.needs:
             plan.parameters["ev"] = -float(target.evidence.get("ev_change", target.score))
-    if rung.tool == GENERATIVE:
+    if rung.tool in (GENERATIVE, SWITCH_TO_DIFFUSERS):
         return _generative_plan(plan, rung, target, ctx)
     return Decision(plan=plan)
 
@@ -289,11 +298,12 @@ def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: P
         return Decision(open=OpenDefect(key=target.key, kind=target.kind, priority=target.priority,
                                         reason=f"the {target.template} template cannot be filled from the finding: {exc}",
                                         would_fix=would_fix(target.kind, target.template)))
-    plan.tool = ctx.backend
+    backend = "diffusers" if rung.tool == SWITCH_TO_DIFFUSERS else ctx.backend
+    plan.tool = backend
     plan.references = list(ctx.references)
     if target.kind == "identity_drift" and not plan.references and ctx.source:
         plan.references = [ctx.source]  # the face before the edit is the identity reference
-    if ctx.backend == "openai":
+    if backend == "openai":
         plan.paid = True
         plan.prompt = rendered.gpt_image_prompt
         quality = ctx.settings.openai_quality
@@ -317,7 +327,7 @@ def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: P
         control = _control_option(start)
         if control is not None:
             params.update(control=control[0], control_scale=control[1], controlnet=ctx.settings.diffusers_controlnet)
-    model = ctx.model or ctx.settings.diffusers_model
+    model = ctx.diffusers_fallback if backend != ctx.backend else (ctx.model or ctx.settings.diffusers_model)
     if model:
         params["model"] = model
     plan.parameters.update(params)

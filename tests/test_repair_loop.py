@@ -552,3 +552,25 @@ def test_diffusers_control_map_rung_uses_the_configured_controlnet(tmp_path):
     control = state.attempts[2].control
     assert control and (Path(state.inputs.out_dir) / control).is_file()
     assert state.attempts[2].outcome in (Outcome.rolled_back, Outcome.accepted)
+
+
+def test_gpt_image_that_cannot_repair_a_region_switches_to_diffusion_inpaint(tmp_path, openai_env):
+    """GPT Image makes the region worse twice (finding's mask, wider mask); with a diffusion checkpoint
+    configured, the third rung switches backend on the same mask, without a third paid call."""
+    pytest.importorskip("diffusers")
+    from tests.tiny_pipelines import build_tiny_models
+
+    models = build_tiny_models(tmp_path / "models")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'[repair]\ndiffusers_model = "{models.inpaint}"\n')
+    case = blurred_case()
+    with OpenAIImagesServer(image=blurrier) as server:
+        state = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url,
+                         policy=str(policy), budget=Budget(max_passes=3))
+        assert len(server.requests) == 2
+    plans = [a.plan for a in state.attempts]
+    assert [p.tool for p in plans] == ["openai", "openai", "diffusers"]
+    assert plans[2].change.startswith("switch backend") and not plans[2].paid
+    assert plans[2].mask_grow_px == plans[1].mask_grow_px > 0
+    assert plans[2].parameters["model"] == str(models.inpaint) and plans[2].parameters["seed"] == state.inputs.seed
+    assert state.spend.usd == pytest.approx(sum(a.cost_usd for a in state.attempts[:2]))
