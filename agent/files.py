@@ -52,7 +52,9 @@ class RunFiles:
         image = Image.fromarray(array)
         if fmt == "JPEG" and image.mode == "RGBA":
             image = image.convert("RGB")
-        options = {"compress_level": compress_level} if fmt == "PNG" else {}
+        # JPEG / WebP at PIL's default quality (75) would visibly degrade a repaired picture
+        options = {"PNG": {"compress_level": compress_level}, "JPEG": {"quality": 95},
+                   "WEBP": {"quality": 95}}.get(fmt, {})
         with atomic_path(target) as tmp:
             image.save(tmp, format=fmt, **options)
         if array.ndim == 3 and array.shape[2] == 3:

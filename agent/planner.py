@@ -239,8 +239,10 @@ def plan_repair(target: FindingRecord, findings: Sequence[FindingRecord], histor
     rung_index = sum(1 for a in mine if not a.plan.salvage)
     if rung_index >= len(rungs):
         if not rungs:
+            needs_source = any("source" in r.needs for r in ladder(target.kind, ctx.backend)
+                               if r.tool != GENERATIVE or ctx.backend != "local")
             reason = (f"no {ctx.backend} repair for {target.kind}" +
-                      ("" if ctx.has_source else " without the source image"))
+                      (" without the source image" if needs_source and not ctx.has_source else ""))
         else:
             reason = f"resisted all {len(rungs)} rung(s) of its ladder"
             if mine:

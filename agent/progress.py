@@ -93,6 +93,8 @@ class ConsoleProgress:
         self.console.print(f"[bold]done[/bold]: {escape(state.stop_reason or '')}")
         self.console.print(f"  final verdict [{colour}]{state.verdict}[/{colour}] · {state.spend.passes} pass(es) · "
                            f"${state.spend.usd:.4f} · {state.spend.seconds:.1f} s")
+        for defect in [*state.open_defects.values(), *state.held_back.values()]:
+            self.console.print(f"  [yellow]open[/yellow] {defect.kind} ({defect.priority}): {escape(defect.reason)}")
         from agent.outputs import final_name
 
         for name in (final_name(state.inputs.output_format), "report.json", "review.png"):

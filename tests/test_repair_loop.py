@@ -216,7 +216,7 @@ def test_a_hand_the_local_backend_cannot_repair_is_left_open_with_the_plan_that_
     assert state.verdict == "fail" and state.stop_reason.startswith("stuck")
     hands = [d for d in state.open_defects.values() if d.kind == "hand_malformed"]
     assert hands and "hands template" in hands[0].would_fix and "--backend openai" in hands[0].would_fix
-    assert hands[0].reason == "no local repair for hand_malformed without the source image"
+    assert hands[0].reason == "no local repair for hand_malformed"
     assert state.spend.passes == 0
     assert "hand_malformed" in json.dumps(report(state)["open_defects"])
 
