@@ -416,6 +416,11 @@ def repair(
     run_id = resume
     try:
         if resume is not None:
+            from agent.runner import load_run
+
+            paused = load_run(resume)
+            if not paused.finished:  # the backend must still be usable (key, checkpoint, library)
+                _backend_ready(paused.inputs.backend, paused.inputs.model, load_policy(paused.inputs.policy))
             state = resume_run(resume, progress=progress, approver=approver or (ask_approval(progress.console)))
         else:
             loaded = load_policy(policy)
@@ -430,6 +435,9 @@ def repair(
             if folder in inputs_given or any(p.parent == folder and p.name.startswith(("final.", "review.", "report."))
                                              for p in inputs_given):
                 raise InputError(f"--out {str(out)!r} would overwrite an input: choose another folder")
+            if (folder / "report.json").exists() or (folder / "attempts").exists():
+                raise InputError(f"--out {str(folder)!r} already holds another run: choose a new folder "
+                                 "(or --resume that run)")
             inputs = RunInputs(
                 image=str(image.resolve()), source=None if source is None else str(source.resolve()),
                 mask=None if mask is None else str(mask.resolve()), references=[str(r.resolve()) for r in reference],
@@ -467,11 +475,17 @@ def list_runs_command() -> None:
 
     from agent.runner import checkpoint_path, list_runs
 
+    from checks.images import InputError
+
+    try:
+        runs = list_runs()
+    except InputError as exc:
+        _fail_input(str(exc))
     table = Table(title=f"fixloop runs ({checkpoint_path()})")
     table.add_column("run id", no_wrap=True)
     for column in ("image", "backend", "status", "passes", "spent", "folder"):
         table.add_column(column, overflow="fold")
-    for state in list_runs():
+    for state in runs:
         status = (state.stop_reason or "finished") if state.finished else "interrupted: --resume it"
         table.add_row(state.run_id, Path(state.inputs.image).name, state.inputs.backend, status,
                       str(state.spend.passes), f"${state.spend.usd:.4f}", state.inputs.out_dir)

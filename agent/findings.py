@@ -87,6 +87,16 @@ def record_findings(findings: Sequence[Finding], previous: Sequence[FindingRecor
     return records
 
 
+def shift_records(records: Sequence[FindingRecord], extend: dict[str, int] | None) -> list[FindingRecord]:
+    """``records`` with their boxes moved onto a canvas grown by ``extend`` (px per side): the old
+    picture now starts ``left`` px right and ``top`` px down. Keys stay as they were."""
+    dx, dy = (int((extend or {}).get(side, 0)) for side in ("left", "top"))
+    if not (dx or dy):
+        return list(records)
+    return [r if r.box is None else r.model_copy(update={"box": [r.box[0] + dx, r.box[1] + dy, r.box[2] + dx, r.box[3] + dy]})
+            for r in records]
+
+
 def to_finding(record: FindingRecord, mask: np.ndarray | None = None) -> Finding:
     """A :class:`Finding` again (for the prompt renderer and the local tools that read one)."""
     region = None

@@ -33,12 +33,12 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from agent.files import RunFiles
-from agent.findings import record_findings
+from agent.findings import record_findings, shift_records
 from agent.planner import PlanContext, plan_repair
 from agent.state import Attempt, MaskSource, OpenDefect, Outcome, RunInputs, RunState, Spend
 from agent.triage import triage as choose_next
 from agent.verify import judge, outside_change
-from checks.images import DecodedImage, decoded_from_array, load_image, load_mask, to_uint8
+from checks.images import DecodedImage, InputError, decoded_from_array, load_image, load_mask, to_uint8
 from checks.policy import Policy, load_policy
 
 Progress = Callable[..., None]
@@ -78,12 +78,20 @@ class RunContext:
         files = RunFiles(inputs.out_dir, protected)
         decoded = load_image(inputs.image, "image")
         files._images[inputs.image] = to_uint8(decoded.pixels)
-        return cls(
+        ctx = cls(
             inputs=inputs, policy=policy, files=files,
             source=None if inputs.source is None else load_image(inputs.source, "source"),
             edit_mask=None if inputs.mask is None else load_mask(inputs.mask),
             references=[load_image(r, "reference") for r in inputs.references],
             input_alpha=decoded.alpha, progress=progress)
+        # Inputs that cannot go together (a mask of another size, an empty mask) fail here, before a
+        # checkpoint or a file exists, with the checks' own one-line message.
+        from checks.context import CheckContext
+
+        CheckContext.build(decoded, ctx.source, ctx.edit_mask, ctx.references,
+                           max_side=policy.analysis.max_side, mask_name=f"mask {inputs.mask!r}")
+        files.root.mkdir(parents=True, exist_ok=True)
+        return ctx
 
     def tell(self, event: str, **data: Any) -> None:
         if self.progress is not None:
@@ -95,8 +103,10 @@ class RunContext:
     def source_pixels(self) -> np.ndarray | None:
         return None if self.source is None else to_uint8(self.source.pixels)
 
-    def mask_for(self, image: np.ndarray) -> np.ndarray | None:
-        """The user's edit mask at ``image``'s size (None when there is none or the framing changed)."""
+    def mask_for(self, image: np.ndarray, pad: dict[str, int] | None = None) -> np.ndarray | None:
+        """The user's edit mask on ``image``: as given at its size; placed at ``pad`` (px added per
+        side by an accepted outpaint) on a grown canvas, the new area outside it; scaled when only
+        the resolution changed; None when the framing changed some other way."""
         import cv2
 
         if self.edit_mask is None:
@@ -105,19 +115,27 @@ class RunContext:
         if self.edit_mask.shape == (h, w):
             return self.edit_mask
         mh, mw = self.edit_mask.shape
+        if pad and any(pad.values()):
+            top, bottom, left, right = (int(pad.get(k, 0)) for k in ("top", "bottom", "left", "right"))
+            if (mh + top + bottom, mw + left + right) == (h, w):
+                return np.pad(self.edit_mask, ((top, bottom), (left, right)))
         if abs((w / h) / (mw / mh) - 1) > 0.03:
             return None
         return cv2.resize(self.edit_mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
 
-    def check(self, image: np.ndarray):
-        """Run the enabled checks on ``image`` against the run's source, mask and references."""
+    def check(self, image: np.ndarray, pad: dict[str, int] | None = None):
+        """Run the enabled checks on ``image`` against the run's source, mask and references.
+        ``pad``: px added per side by accepted outpaints (where the input now sits on the canvas)."""
         from checks.context import CheckContext
         from checks.engine import run_checks
 
         candidate = image
         if self.input_alpha is not None and self.input_alpha.shape == image.shape[:2]:
             candidate = np.dstack([image, to_uint8(self.input_alpha)])
-        ctx = CheckContext.build(decoded_from_array(candidate), self.source, self.edit_mask, self.references,
+        # the mask belongs to the source when there is one (the checks compare the two); without a
+        # source it belongs to the image, so it follows the image onto a grown canvas
+        mask = self.edit_mask if self.source is not None else self.mask_for(image, pad)
+        ctx = CheckContext.build(decoded_from_array(candidate), self.source, mask, self.references,
                                  max_side=self.policy.analysis.max_side)
         # The source and references are analysed once per run, not once per pass.
         if ctx.source is not None:
@@ -152,7 +170,7 @@ def inspect(state: RunState, runtime: Runtime[RunContext]) -> dict:
     image_path = state.current_image or state.inputs.image
     image = ctx.image_array(image_path)
     t0 = time.perf_counter()
-    report = ctx.check(image)
+    report = ctx.check(image, state.canvas_pad)
     check_seconds = time.perf_counter() - t0
     findings = record_findings(report.findings, [], ctx.files, "work/pass-00")
     ctx.tell("inspect", findings=findings, verdict=report.verdict)
@@ -182,7 +200,7 @@ def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
     paid = [a.cost_usd for a in state.attempts if a.plan.paid and a.cost_usd > 0]
     plan_ctx = PlanContext(
         backend=state.inputs.backend, settings=settings, image_size=(image.shape[1], image.shape[0]),
-        has_source=ctx.source is not None, has_mask=ctx.mask_for(image) is not None,
+        has_source=ctx.source is not None, has_mask=ctx.mask_for(image, state.canvas_pad) is not None,
         references=list(state.inputs.references), source=state.inputs.source,
         model=state.inputs.model or (settings.openai_model if state.inputs.backend == "openai" else None) or None,
         base_url=state.inputs.base_url, seed=state.inputs.seed,
@@ -235,7 +253,7 @@ def _repair_mask(plan, state: RunState, ctx: RunContext, image: np.ndarray) -> n
 
     mask = None
     if plan.mask_source == MaskSource.edit_mask:
-        mask = ctx.mask_for(image)
+        mask = ctx.mask_for(image, state.canvas_pad)
     elif plan.mask_source == MaskSource.finding and plan.target.mask_file:
         mask = ctx.files.mask(plan.target.mask_file)
     elif plan.mask_source == MaskSource.previous_attempt:
@@ -271,6 +289,7 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
                 RepairRequest(image=image, parameters={"finding": to_finding(plan.target)}))
             tool_seconds += time.perf_counter() - t0
             image, mask = grown.image, grown.mask
+            attempt.canvas_extend = {k: int(v) for k, v in grown.parameters["extend"].items()}
             attempt.notes.append(f"canvas grown to {image.shape[1]}x{image.shape[0]} for the outpaint")
         request = RepairRequest(image=image, mask=mask, source=source,
                                 references=[ctx.image_array(r) for r in plan.references],
@@ -281,6 +300,9 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
         result = tool_spec(plan.tool).function(request)
         tool_seconds += time.perf_counter() - t0
         cost = float(result.cost_usd)
+        if plan.paid and result.parameters.get("cost_known") is False:
+            cost = max(cost, plan.estimated_usd)  # no usage block: book the estimate, so the budget still holds
+            attempt.notes.append(f"the response reported no usage: ${cost:.4f} (the estimate) booked")
         if plan.prepare == "expand_canvas" and result.image.shape == image.shape:
             # An outpaint only adds the new strip: the part of the picture that was there comes back
             # pixel for pixel (a GPT Image round trip would resample it), the seam fading inside the strip.
@@ -330,28 +352,43 @@ def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
     else:
         after_image = ctx.image_array(attempt.image)
         before_image = ctx.image_array(state.current_image)
+        pad = _grown(state.canvas_pad, attempt.canvas_extend)
         t0 = time.perf_counter()
-        report = ctx.check(after_image)
+        try:
+            report = ctx.check(after_image, pad)
+        except InputError as exc:  # the output does not fit the run's inputs any more: it cannot be judged
+            attempt.outcome, attempt.reason = Outcome.rolled_back, f"the output could not be checked: {exc}"
+            ctx.tell("verdict", attempt=attempt)
+            return {**update, "attempts": [attempt], "spend": _spend(state, started)}
         spill = None
         generative = attempt.plan.tool in ("openai", "diffusers")
         if generative and attempt.mask is not None and attempt.plan.prepare is None:
             spill = outside_change(before_image, after_image, ctx.files.mask(attempt.mask), ctx.policy)
         check_seconds = time.perf_counter() - t0
-        after = record_findings(report.findings, state.findings, ctx.files, f"work/pass-{attempt.index:02d}")
+        # on a grown canvas the old picture moved right/down by the new left/top strips: so did its findings
+        before = shift_records(state.findings, attempt.canvas_extend)
+        after = record_findings(report.findings, before, ctx.files, f"work/pass-{attempt.index:02d}")
         attempt.findings_after = [f.brief() for f in after]
         attempt.check_seconds = round(check_seconds, 4)
         settings = ctx.policy.repair
-        verdict = judge(attempt.plan, state.findings, after, [p.value for p in ctx.policy.gate.fail_on],
+        verdict = judge(attempt.plan, before, after, [p.value for p in ctx.policy.gate.fail_on],
                         settings.min_improvement, settings.worse_factor, report.verdict, spill)
         attempt.outcome = Outcome.accepted if verdict.accepted else Outcome.rolled_back
         attempt.reason = verdict.reason
         if verdict.accepted:
             update.update(current_image=attempt.image, current_pass=attempt.index, findings=after,
-                          verdict=report.verdict, check_notes=_check_notes(report))
+                          verdict=report.verdict, check_notes=_check_notes(report), canvas_pad=pad)
     ctx.tell("verdict", attempt=attempt)
     update["attempts"] = [attempt]
     update["spend"] = _spend(state, started, check_seconds=check_seconds)
     return update
+
+
+def _grown(pad: dict[str, int], extend: dict[str, int] | None) -> dict[str, int]:
+    """The canvas padding after one more outpaint (px per side, added up)."""
+    if not extend:
+        return dict(pad)
+    return {side: int(pad.get(side, 0)) + int(extend.get(side, 0)) for side in ("top", "bottom", "left", "right")}
 
 
 def finish(state: RunState, runtime: Runtime[RunContext]) -> dict:

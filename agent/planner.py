@@ -196,16 +196,18 @@ def usable_ladder(kind: str, ctx: PlanContext) -> list[Rung]:
 # ---- cost ---------------------------------------------------------------------------------------
 
 
-def estimate_usd(ctx: PlanContext, quality: str) -> float:
-    """Estimated dollars of the next GPT Image call (the dearest call so far, once there is one)."""
+def estimate_usd(ctx: PlanContext, quality: str) -> float | None:
+    """Estimated dollars of the next GPT Image call (the dearest call so far, once there is one);
+    None when the model has no price (its calls cannot be kept within a dollar budget)."""
+    from tools.openai_images import DEFAULT_MODEL, choose_size, load_prices, price_for
+
+    model = ctx.model or DEFAULT_MODEL
+    price = price_for(model, load_prices())
+    if price is None:
+        return None
     if ctx.paid_costs:
         return max(ctx.paid_costs)
-    from tools.openai_images import DEFAULT_MODEL, load_prices, price_for
-
-    price = price_for(ctx.model or DEFAULT_MODEL, load_prices())
-    if price is None:
-        return 0.0
-    w, h = ctx.image_size
+    w, h = choose_size(*ctx.image_size, model)  # the size actually requested, not the input's
     output = OUTPUT_TOKENS_1024.get(quality, 4160) * max(1.0, w * h / 1024**2)
     return (output * price.image_output + INPUT_IMAGE_TOKENS * price.image_input) / 1e6
 
@@ -314,7 +316,11 @@ def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: P
             plan.parameters["model"] = ctx.model
         if ctx.base_url:
             plan.parameters["base_url"] = ctx.base_url
-        plan.estimated_usd = round(estimate_usd(ctx, quality), 4)
+        estimate = estimate_usd(ctx, quality)
+        if estimate is None:
+            return Decision(stop=f"budget: model {ctx.model!r} has no price in the price table, so its calls "
+                                 "cannot be kept within the dollar budget: add it (tools/prices.toml format)")
+        plan.estimated_usd = round(estimate, 4)
         if ctx.spent_usd + plan.estimated_usd > ctx.max_usd:  # a $0 budget allows no paid call
             return Decision(stop=f"budget: the next paid repair (about ${plan.estimated_usd:.4f}) would pass "
                                  f"the ${ctx.max_usd:.2f} budget (${ctx.spent_usd:.4f} spent)")

@@ -53,6 +53,11 @@ def open_graph(db: str | Path | None = None) -> Iterator[Any]:
     conn = sqlite3.connect(str(path), check_same_thread=False)
     try:
         saver = SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
+        try:
+            saver.setup()
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{path} is not a fixloop checkpoint file ({exc}): move it away, or set "
+                             f"{HOME_ENV} to another folder") from None
         yield build_graph().compile(checkpointer=saver)
     finally:
         conn.close()
@@ -85,12 +90,20 @@ def _drive(graph, config: dict, payload: Any, ctx: RunContext, approver: Approve
 def _finish_after_recursion(graph, config: dict, ctx: RunContext) -> RunState:
     """The recursion backstop fired: deliver the best image so far, as the finish node would."""
     from agent.outputs import write_outputs
+    from agent.state import Outcome
 
     state = RunState.model_validate(graph.get_state(config).values)
-    state = state.model_copy(update={"stop_reason": "stopped by the graph's recursion limit (a backstop)",
-                                     "finished": True})
+    not_verified = []
+    if state.pending is not None:  # a tool ran but its output was never judged: report it, deliver none of it
+        not_verified = [state.pending.model_copy(update={
+            "outcome": Outcome.failed, "reason": "not verified: the run reached its step limit first"})]
+    reason = "stopped by the graph's recursion limit (a backstop)"
+    state = state.model_copy(update={"stop_reason": reason, "finished": True, "pending": None,
+                                     "attempts": [*state.attempts, *not_verified]})
     write_outputs(state, ctx)
-    graph.update_state(config, {"stop_reason": state.stop_reason, "finished": True}, as_node="finish")
+    # ``attempts`` accumulates: hand the checkpoint only the attempt it does not have yet
+    graph.update_state(config, {"stop_reason": reason, "finished": True, "pending": None, "attempts": not_verified},
+                       as_node="finish")
     ctx.tell("finish", state=state)
     return state
 
@@ -152,6 +165,9 @@ def list_runs(db: str | Path | None = None) -> list[RunState]:
         ids = [row[0] for row in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")]
     except sqlite3.OperationalError:
         ids = []
+    except sqlite3.DatabaseError as exc:
+        raise InputError(f"{path} is not a fixloop checkpoint file ({exc}): move it away, or set "
+                         f"{HOME_ENV} to another folder") from None
     finally:
         conn.close()
     return sorted((load_run(i, db) for i in ids), key=lambda s: s.run_id, reverse=True)

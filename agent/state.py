@@ -29,7 +29,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Backend = Literal["local", "openai", "diffusers"]
 
@@ -74,6 +74,16 @@ class RunInputs(BaseModel):
     seed: int = 1234  # locked for the whole run
     out_dir: str
     output_format: str = "PNG"  # PIL format name of final.<ext>: the input's own format where writable
+
+    @model_validator(mode="after")
+    def _absolute_paths(self) -> "RunInputs":
+        """Paths are stored absolute, so a run resumes from any working directory."""
+        for name in ("image", "source", "mask", "policy", "out_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, str(Path(value).expanduser().resolve()))
+        self.references = [str(Path(r).expanduser().resolve()) for r in self.references]
+        return self
 
 
 class FindingRecord(BaseModel):
@@ -156,6 +166,7 @@ class Attempt(BaseModel):
     image: str | None = None  # the attempt's output PNG (relative to the run folder)
     mask: str | None = None  # the mask the tool used (PNG, relative)
     control: str | None = None  # the control map a diffusion repair conditioned on (PNG, relative)
+    canvas_extend: dict[str, int] | None = None  # px an outpaint added per side (top, bottom, left, right)
     tool_parameters: dict[str, Any] = Field(default_factory=dict)  # what the tool reports it used
     cost_usd: float = 0.0
     seconds: float = 0.0  # tool time
@@ -190,6 +201,7 @@ class RunState(BaseModel):
     spend: Spend = Field(default_factory=Spend)
     current_image: str | None = None  # the accepted image so far (file in the run folder, or the input)
     current_pass: int = 0  # pass that produced the current image (0 = the input)
+    canvas_pad: dict[str, int] = Field(default_factory=dict)  # px accepted outpaints added per side: where the input sits now
     findings: list[FindingRecord] = Field(default_factory=list)  # of the current image
     verdict: str | None = None  # of the current image: pass | fail | error
     check_notes: list[str] = Field(default_factory=list)  # checks that were skipped or errored, and why

@@ -813,3 +813,14 @@ def test_severity():
     assert severity(record("texture_blur", score=0.25, threshold=0.75)) == pytest.approx(3.0)
     assert severity({"score": 0.5, "threshold": 0.75}) > severity({"score": 0.7, "threshold": 0.75}) > 1.0
     assert severity({"score": 0.0, "threshold": 0.75}) == MAX_SEVERITY
+
+
+def test_the_cost_estimate_follows_the_size_actually_requested():
+    """A 24 MP photo is sent at gpt-image-2's largest default size, not at 24 MP: its estimate is that
+    of the request, close to a 12 MP photo's and far below what the full area would cost."""
+    big = estimate_usd(PlanContext(backend="openai", settings=SETTINGS, image_size=(6000, 4000),
+                                   has_source=True, has_mask=True), "high")
+    mid = estimate_usd(PlanContext(backend="openai", settings=SETTINGS, image_size=(4032, 3024),
+                                   has_source=True, has_mask=True), "high")
+    assert big == pytest.approx(mid, rel=0.1)
+    assert big < 1.0

@@ -304,10 +304,12 @@ def test_gpt_edit_that_drifted_outside_its_mask_is_caught_and_salvaged(tmp_path,
     assert report(state)["spend"]["usd"] == pytest.approx(first.cost_usd)
 
 
-def test_a_cut_off_subject_is_outpainted_on_a_grown_canvas(tmp_path, openai_env):
+@pytest.mark.parametrize("given", ["source", "mask only"])
+def test_a_cut_off_subject_is_outpainted_on_a_grown_canvas(tmp_path, openai_env, given):
     """subject_cropped through the shins: the loop grows the canvas by the finding's extension and asks
     GPT Image to outpaint the new strip. The loopback model paints what the camera saw there (the
-    uncropped photo, mapped through the request's own geometry); verify finds the subject whole."""
+    uncropped photo, mapped through the request's own geometry); verify finds the subject whole.
+    With an edit mask and no source, the mask follows the picture onto the grown canvas."""
     from checks.context import CheckContext
     from checks.engine import run_checks
     from checks.policy import load_policy
@@ -329,10 +331,15 @@ def test_a_cut_off_subject_is_outpainted_on_a_grown_canvas(tmp_path, openai_env)
         sent[inside] = truth[inside]
         return sent
 
+    source, mask = case.source, None
+    if given == "mask only":
+        source, mask = None, np.zeros(case.candidate.shape[:2], bool)
+        mask[: h // 2] = True
     with OpenAIImagesServer(image=outpaint) as server:
-        state = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url)
+        state = run_loop(tmp_path, case.candidate, source, mask, backend="openai", base_url=server.base_url)
         assert len(server.requests) == 1
     attempt = state.attempts[0]
+    assert state.canvas_pad == {"top": 0, "bottom": int(extend["bottom"]), "left": 0, "right": 0}
     assert attempt.plan.prepare == "expand_canvas" and attempt.plan.template == "recompose"
     assert attempt.outcome == Outcome.accepted and any("canvas grown" in n for n in attempt.notes)
     assert state.verdict == "pass"
@@ -383,6 +390,15 @@ def test_a_run_paused_for_approval_waits_in_its_checkpoint_until_answered(tmp_pa
     assert questions and questions[0]["tool"] == "openai" and questions[0]["estimated_usd"] > 0
     assert done.finished and done.verdict == "pass"
     assert [a.outcome for a in done.attempts] == [Outcome.accepted]
+
+
+def test_a_model_without_a_price_is_not_called_under_a_dollar_budget(tmp_path, openai_env):
+    case = blurred_case()
+    with OpenAIImagesServer(image=clean_fix(case.source)) as server:
+        state = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url,
+                         model="my-image-model")
+        assert server.requests == []
+    assert state.stop_reason.startswith("budget: model 'my-image-model' has no price")
 
 
 def test_moderation_block_leaves_the_defect_open(tmp_path, openai_env):
@@ -574,3 +590,56 @@ def test_gpt_image_that_cannot_repair_a_region_switches_to_diffusion_inpaint(tmp
     assert plans[2].mask_grow_px == plans[1].mask_grow_px > 0
     assert plans[2].parameters["model"] == str(models.inpaint) and plans[2].parameters["seed"] == state.inputs.seed
     assert state.spend.usd == pytest.approx(sum(a.cost_usd for a in state.attempts[:2]))
+
+
+def test_the_recursion_backstop_reports_an_unverified_attempt_and_delivers_the_last_accepted_image(
+        tmp_path, monkeypatch):
+    """With the graph's step limit forced down to 4 (inspect, triage, plan, repair), the run stops
+    after the first tool call, before verify: that attempt is reported as not verified, its output is
+    not delivered, and the budget accounting still sees the pass."""
+    import agent.runner
+
+    monkeypatch.setattr(agent.runner, "recursion_limit", lambda passes: 4)
+    example = build_example()
+    state = run_loop(tmp_path, example["candidate"], example["source"], example["mask"] > 0)
+    assert state.finished and "recursion limit" in state.stop_reason
+    assert [(a.outcome, a.reason.split(":")[0]) for a in state.attempts] == [(Outcome.failed, "not verified")]
+    assert state.spend.passes == 1 and state.pending is None
+    assert np.array_equal(final_image(state), example["candidate"])
+    assert len(report(state)["attempts"]) == 1
+    assert load_run(state.run_id, db=tmp_path / "runs.sqlite").attempts == state.attempts
+
+
+def test_bad_inputs_that_only_clash_together_fail_before_any_checkpoint(tmp_path):
+    """A mask of another size than the image: one line, exit 2, and no run left behind to resume."""
+    image = save(photo("face_dfA_01.jpg"), tmp_path / "in" / "image.png")
+    mask = save(np.full((40, 40), 255, np.uint8), tmp_path / "in" / "mask.png")
+    env = {**os.environ, "FIXLOOP_HOME": str(tmp_path / "home")}
+    result = cli("repair", image, "--mask", mask, "--out", str(tmp_path / "run"), env=env)
+    assert result.returncode == 2 and "mask" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+    assert "interrupted" not in cli("runs", env=env).stdout
+
+
+def test_a_corrupt_checkpoint_file_is_one_line_exit_2(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "runs.sqlite").write_bytes(b"this is not a database" * 100)
+    env = {**os.environ, "FIXLOOP_HOME": str(home)}
+    for args in (["runs"], ["repair", "--resume", "whatever"]):
+        result = cli(*args, env=env)
+        assert result.returncode == 2 and "is not a fixloop checkpoint file" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_out_folder_holding_another_run_is_refused(tmp_path):
+    example = build_example()
+    paths = write_case(tmp_path, example["candidate"], example["source"], example["mask"])
+    env = {**os.environ, "FIXLOOP_HOME": str(tmp_path / "home")}
+    first = cli("repair", paths["image"], "--source", paths["source"], "--mask", paths["mask"],
+                "--out", str(tmp_path / "run"), env=env)
+    assert first.returncode == 0, first.stderr
+    before = digest(tmp_path / "run")
+    again = cli("repair", paths["image"], "--out", str(tmp_path / "run"), env=env)
+    assert again.returncode == 2 and "already holds another run" in again.stderr
+    assert digest(tmp_path / "run") == before
