@@ -100,8 +100,35 @@ class RunContext:
     def image_array(self, path: str) -> np.ndarray:
         return self.files.image(path)
 
-    def source_pixels(self) -> np.ndarray | None:
+    def source_pixels(self, image: np.ndarray | None = None, pad: dict[str, int] | None = None) -> np.ndarray | None:
+        """The source as the tools get it: on a canvas grown by ``pad``, placed where the input sits
+        (see :meth:`framed_source`)."""
+        framed = None if image is None else self.framed_source(image, pad)
+        if framed is not None:
+            return framed
         return None if self.source is None else to_uint8(self.source.pixels)
+
+    def framed_source(self, image: np.ndarray, pad: dict[str, int] | None) -> np.ndarray | None:
+        """After an outpaint grew the canvas, the source no longer lines up with the image. This puts
+        it back in line: the image with the old frame's area replaced by the source. Comparisons
+        against the source (spill, exposure, colour, blur, mirror) then measure the old frame, and the
+        new strips, identical on both sides and inside the (grown) edit mask, count as edited.
+        None when nothing was grown or the source is framed another way."""
+        import cv2
+
+        if self.source is None or not pad or not any(pad.values()):
+            return None
+        top, bottom, left, right = (int(pad.get(k, 0)) for k in ("top", "bottom", "left", "right"))
+        h, w = image.shape[0] - top - bottom, image.shape[1] - left - right
+        source = to_uint8(self.source.pixels)
+        sh, sw = source.shape[:2]
+        if h <= 0 or w <= 0 or abs((w / h) / (sw / sh) - 1) > 0.03:
+            return None
+        if (sh, sw) != (h, w):
+            source = cv2.resize(source, (w, h), interpolation=cv2.INTER_AREA if sw > w else cv2.INTER_CUBIC)
+        framed = image.copy()
+        framed[top:top + h, left:left + w] = source
+        return framed
 
     def mask_for(self, image: np.ndarray, pad: dict[str, int] | None = None) -> np.ndarray | None:
         """The user's edit mask on ``image``: as given at its size; placed at ``pad`` (px added per
@@ -117,8 +144,12 @@ class RunContext:
         mh, mw = self.edit_mask.shape
         if pad and any(pad.values()):
             top, bottom, left, right = (int(pad.get(k, 0)) for k in ("top", "bottom", "left", "right"))
-            if (mh + top + bottom, mw + left + right) == (h, w):
-                return np.pad(self.edit_mask, ((top, bottom), (left, right)))
+            inner = (h - top - bottom, w - left - right)
+            if inner[0] > 0 and inner[1] > 0 and abs((inner[1] / inner[0]) / (mw / mh) - 1) <= 0.03:
+                frame = self.edit_mask if (mh, mw) == inner else cv2.resize(
+                    self.edit_mask.astype(np.uint8), inner[::-1], interpolation=cv2.INTER_NEAREST) > 0
+                # the new strips were generated: they count as edited
+                return np.pad(frame, ((top, bottom), (left, right)), constant_values=True)
         if abs((w / h) / (mw / mh) - 1) > 0.03:
             return None
         return cv2.resize(self.edit_mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
@@ -132,15 +163,26 @@ class RunContext:
         candidate = image
         if self.input_alpha is not None and self.input_alpha.shape == image.shape[:2]:
             candidate = np.dstack([image, to_uint8(self.input_alpha)])
-        # the mask belongs to the source when there is one (the checks compare the two); without a
-        # source it belongs to the image, so it follows the image onto a grown canvas
-        mask = self.edit_mask if self.source is not None else self.mask_for(image, pad)
-        ctx = CheckContext.build(decoded_from_array(candidate), self.source, mask, self.references,
+        # The mask belongs to the source when there is one (the checks compare the two); without a
+        # source it belongs to the image. On a grown canvas both follow the image (framed_source):
+        # the new strips count as edited.
+        source, mask, key = self.source, self.edit_mask, "source"
+        framed = self.framed_source(image, pad)
+        if framed is not None:
+            source, key = decoded_from_array(framed), f"source:{sorted(pad.items())}"
+            mask = self.mask_for(image, pad)
+            if mask is None:
+                mask = np.pad(np.zeros((framed.shape[0] - pad.get("top", 0) - pad.get("bottom", 0),
+                                        framed.shape[1] - pad.get("left", 0) - pad.get("right", 0)), bool),
+                              ((pad.get("top", 0), pad.get("bottom", 0)), (pad.get("left", 0), pad.get("right", 0))),
+                              constant_values=True)
+        elif source is None:
+            mask = self.mask_for(image, pad)
+        ctx = CheckContext.build(decoded_from_array(candidate), source, mask, self.references,
                                  max_side=self.policy.analysis.max_side)
-        # The source and references are analysed once per run, not once per pass.
+        # The source and references are analysed once per run (and per canvas), not once per pass.
         if ctx.source is not None:
-            key = f"source:{ctx.size}"
-            ctx.source = self._analysed.setdefault(key, ctx.source)
+            ctx.source = self._analysed.setdefault(f"{key}:{ctx.size}", ctx.source)
         if ctx.references:
             ctx.references = self._analysed.setdefault("references", ctx.references)
         ctx.mask_path = self.inputs.mask
@@ -278,7 +320,7 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
     try:
         image = ctx.image_array(plan.base_image) if plan.base_image else before
         mask = _repair_mask(plan, state, ctx, image)
-        source = before if plan.salvage else ctx.source_pixels()
+        source = before if plan.salvage else ctx.source_pixels(image, state.canvas_pad)
         parameters = dict(plan.parameters)
         parameters.pop("attempt", None)
         if plan.tool.startswith("local.") and plan.tool != "local.composite_back":

@@ -342,10 +342,30 @@ def test_a_cut_off_subject_is_outpainted_on_a_grown_canvas(tmp_path, openai_env,
     assert state.canvas_pad == {"top": 0, "bottom": int(extend["bottom"]), "left": 0, "right": 0}
     assert attempt.plan.prepare == "expand_canvas" and attempt.plan.template == "recompose"
     assert attempt.outcome == Outcome.accepted and any("canvas grown" in n for n in attempt.notes)
-    assert state.verdict == "pass"
+    assert state.verdict == "pass", [f.label for f in state.findings]
     final = final_image(state)
     assert final.shape == scene.shape
     assert np.array_equal(final[:h], case.candidate)  # the part that was there is kept as it was
+
+
+def test_on_a_grown_canvas_the_source_is_compared_on_the_old_frame(tmp_path):
+    """After an outpaint added strips, the checks still compare the old frame with the source: a
+    half-stop darkening is measured there, and the new strips count as edited (no spill)."""
+    from agent.graph import RunContext
+
+    image = photo("face_harington_01.jpg")
+    darker = defects.exposure(image, -0.6).candidate
+    paths = write_case(tmp_path, darker, image)
+    ctx = RunContext.open(RunInputs(out_dir=str(tmp_path / "run"), **paths))
+    pad = {"top": 0, "bottom": 120, "left": 60, "right": 0}
+    canvas = cv2.copyMakeBorder(darker, 0, 120, 60, 0, cv2.BORDER_REFLECT)
+    framed = ctx.framed_source(canvas, pad)
+    assert np.array_equal(framed[:-120, 60:], image) and np.array_equal(framed[-120:], canvas[-120:])
+    kinds = {f.kind: f for f in ctx.check(canvas, pad).findings}
+    assert "exposure_drift" in kinds and kinds["exposure_drift"].score == pytest.approx(-0.6, abs=0.05)
+    # the same canvas without the darkening: the strips are new content, not a spill
+    honest = cv2.copyMakeBorder(image, 0, 120, 60, 0, cv2.BORDER_REFLECT)
+    assert not {f.kind for f in ctx.check(honest, pad).findings} & {"mask_spill", "exposure_drift", "mirrored"}
 
 
 def test_a_repair_that_makes_things_worse_is_rolled_back_and_the_budget_stops_the_run(tmp_path, openai_env):
