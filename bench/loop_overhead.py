@@ -142,9 +142,9 @@ def instrument(probe: Probe):
     # checks and tools: only to pause the profiler (their time is already in the spend)
     original_check = graph_mod.RunContext.check
 
-    def check(self, image):
+    def check(self, *args, **kwargs):
         with probe.paused():
-            return original_check(self, image)
+            return original_check(self, *args, **kwargs)
     patch(graph_mod.RunContext, "check", check)
 
     original_outside = graph_mod.outside_change
