@@ -22,8 +22,9 @@ forever.
   :class:`~agent.state.OpenDefect` that says which template, tool and settings would fix it.
 - An exposure or colour correction is always its own pass (``local.exposure_color``, which changes
   no content); when both drifts are open it corrects both in that one pass.
-- Before a paid call the planner estimates its cost; a call that would pass the dollar budget stops
-  the run instead of being made.
+- Before a paid call the planner estimates its cost; a call that would pass the dollar budget is
+  not made: its defect stays open with a ``budget:`` reason (free repairs of other defects go on),
+  and that reason becomes the run's stop reason.
 """
 
 from __future__ import annotations
@@ -278,6 +279,15 @@ def _salvage(target: FindingRecord, rejected: Attempt) -> RepairPlan:
         parameters={"seam": "inside", "attempt": rejected.index})
 
 
+def _over_budget(plan: RepairPlan, reason: str) -> Decision:
+    """A paid call the dollar budget does not allow: the defect stays open (free repairs of other
+    defects still run), and the run's stop reason says it was the budget."""
+    target = plan.target
+    return Decision(open=OpenDefect(key=target.key, kind=target.kind, priority=target.priority, reason=reason,
+                                    would_fix=f"{plan.tool} with the {plan.template} template ({plan.change}); "
+                                              "raise --budget-usd to allow it"))
+
+
 def _control_option(start: dict[str, Any]) -> tuple[str, float] | None:
     """(control type, scale) for the control-map rung: the template's own control, except depth,
     which needs a depth map the loop does not have; then the template's next option (canny for
@@ -318,12 +328,12 @@ def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: P
             plan.parameters["base_url"] = ctx.base_url
         estimate = estimate_usd(ctx, quality)
         if estimate is None:
-            return Decision(stop=f"budget: model {ctx.model!r} has no price in the price table, so its calls "
-                                 "cannot be kept within the dollar budget: add it (tools/prices.toml format)")
+            return _over_budget(plan, f"budget: model {ctx.model!r} has no price in the price table, so its calls "
+                                      "cannot be kept within the dollar budget: add it (tools/prices.toml format)")
         plan.estimated_usd = round(estimate, 4)
         if ctx.spent_usd + plan.estimated_usd > ctx.max_usd:  # a $0 budget allows no paid call
-            return Decision(stop=f"budget: the next paid repair (about ${plan.estimated_usd:.4f}) would pass "
-                                 f"the ${ctx.max_usd:.2f} budget (${ctx.spent_usd:.4f} spent)")
+            return _over_budget(plan, f"budget: the next paid repair (about ${plan.estimated_usd:.4f}) would pass "
+                                      f"the ${ctx.max_usd:.2f} budget (${ctx.spent_usd:.4f} spent)")
         return Decision(plan=plan)
     # diffusers: the template's starting parameters, denoise at the low end or the middle of its range
     plan.prompt, plan.negative_prompt = rendered.positive, rendered.negative

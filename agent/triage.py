@@ -79,6 +79,10 @@ def triage(findings: list[FindingRecord], open_defects: dict[str, OpenDefect], f
         left = [f for f in findings if f.priority in fail_on]
         if not left:
             return Triage(stop_reason="clean: no P0/P1 defect left", blocked=blocked)
+        money = [open_defects[f.key].reason for f in left
+                 if f.key in open_defects and open_defects[f.key].reason.startswith("budget:")]
+        if money:  # what ended the run is the dollar budget, not the defects themselves
+            return Triage(stop_reason=money[0], blocked=blocked)
         return Triage(stop_reason=f"stuck: {len(left)} P0/P1 defect(s) left open (see open_defects)",
                       blocked=blocked)
     stop = budget_stop(budget, spend)

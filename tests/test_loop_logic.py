@@ -562,11 +562,12 @@ def test_paid_call_estimate_and_budget_stop():
     assert estimate_usd(context("openai", paid_costs=[0.05, 0.21, 0.1]), "high") == 0.21
     assert estimate_usd(ctx, "low") < estimate
 
-    # a call whose estimate would pass the budget stops the run instead of being made
+    # a call whose estimate would pass the budget is not made: its defect stays open, with a budget reason
     tight = context("openai", max_usd=1.0, spent_usd=1.0 - estimate / 2)
     decision = plan_repair(target, [target], [], tight)
-    assert decision.plan is None and decision.open is None
-    assert decision.stop.startswith("budget: ") and "$1.00" in decision.stop
+    assert decision.plan is None and decision.stop is None
+    assert decision.open.reason.startswith("budget: ") and "$1.00" in decision.open.reason
+    assert "--budget-usd" in decision.open.would_fix
     fits = context("openai", max_usd=1.0, spent_usd=1.0 - estimate * 2)
     assert plan_repair(target, [target], [], fits).plan is not None
     # free rungs never stop on money
@@ -626,8 +627,8 @@ def test_later_rungs_do_not_call_themselves_the_first_repair():
 def test_a_zero_dollar_budget_makes_no_paid_call():
     target = record("texture_blur", "P1", 0.3, 0.55, box=[100, 100, 300, 300])
     decision = plan_repair(target, [target], [], context("openai", max_usd=0.0))
-    assert decision.plan is None and decision.stop and decision.stop.startswith("budget: ")
-    assert "$0.00 budget" in decision.stop
+    assert decision.plan is None and decision.open.reason.startswith("budget: ")
+    assert "$0.00 budget" in decision.open.reason
     # free rungs still run on a $0 budget
     assert plan_repair(record("mirrored", "P0"), [], [], context("openai", max_usd=0.0)).plan.tool == "local.flip_back"
 
@@ -824,3 +825,12 @@ def test_the_cost_estimate_follows_the_size_actually_requested():
                                    has_source=True, has_mask=True), "high")
     assert big == pytest.approx(mid, rel=0.1)
     assert big < 1.0
+
+
+def test_a_defect_left_open_by_the_dollar_budget_names_the_budget_as_the_stop_reason():
+    blur = record("texture_blur", "P1", 0.3, 0.55, box=[100, 100, 300, 300])
+    money = OpenDefect(key=blur.key, kind=blur.kind, priority=blur.priority,
+                       reason="budget: the next paid repair (about $0.2000) would pass the $0.10 budget",
+                       would_fix="raise --budget-usd")
+    result = triage([blur], {blur.key: money}, FAIL_ON, False, Budget(), Spend())
+    assert result.target is None and result.stop_reason == money.reason
