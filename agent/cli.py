@@ -394,7 +394,8 @@ def repair(
     budget_usd: Optional[float] = typer.Option(None, "--budget-usd", min=0.0, help="US dollars at most (policy default 2.00)"),
     budget_seconds: Optional[float] = typer.Option(None, "--budget-seconds", min=1.0, help="wall seconds at most (policy default 900)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default: fixloop-runs/RUN_ID)"),
-    resume: Optional[str] = typer.Option(None, "--resume", help="continue the run with this id from its last checkpoint"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="continue the run with this id from its last checkpoint "
+                                         "(with --budget-*: new limits; a run that ran out of budget goes on)"),
     approve: bool = typer.Option(False, "--approve", help="ask before every paid repair"),
     polish: Optional[bool] = typer.Option(None, "--polish/--no-polish", help="also repair P2 findings at the end"),
     policy: Optional[Path] = typer.Option(None, "--policy", "-p", help="TOML policy laid over the defaults"),
@@ -419,9 +420,13 @@ def repair(
             from agent.runner import load_run
 
             paused = load_run(resume)
-            if not paused.finished:  # the backend must still be usable (key, checkpoint, library)
+            limits = paused.budget.model_copy(update={k: v for k, v in (
+                ("max_passes", budget_passes), ("max_usd", budget_usd), ("max_seconds", budget_seconds))
+                if v is not None})
+            if not paused.finished or limits != paused.budget:  # the backend must still be usable
                 _backend_ready(paused.inputs.backend, paused.inputs.model, load_policy(paused.inputs.policy))
-            state = resume_run(resume, progress=progress, approver=approver or (ask_approval(progress.console)))
+            state = resume_run(resume, progress=progress, approver=approver or (ask_approval(progress.console)),
+                               budget=limits)
         else:
             loaded = load_policy(policy)
             _backend_ready(backend, model, loaded)

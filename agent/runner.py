@@ -134,16 +134,28 @@ def load_run(run_id: str, db: str | Path | None = None) -> RunState:
 
 
 def resume_run(run_id: str, progress: Progress | None = None, approver: Approver | None = None,
-               db: str | Path | None = None) -> RunState:
+               db: str | Path | None = None, budget: Budget | None = None) -> RunState:
     """Continue an interrupted or paused run from its last checkpoint. Finished nodes are not
-    repeated: a paid call whose result was checkpointed is never made again."""
+    repeated: a paid call whose result was checkpointed is never made again.
+
+    ``budget`` replaces the run's limits: a run that is still going gets them from here on, and a run
+    that stopped because its budget ran out goes on from triage with the larger one."""
     state = load_run(run_id, db)
     ctx = RunContext.open(state.inputs, progress)
-    ctx.tell("resume", state=state)
-    if state.finished:
+    budget = budget if budget is not None and budget != state.budget else None
+    out_of_budget = state.finished and (state.stop_reason or "").startswith("budget:")
+    if state.finished and not (budget and out_of_budget):
+        ctx.tell("resume", state=state)
         return state
     with open_graph(db) as graph:
-        config = _config(run_id, state.budget)
+        config = _config(run_id, budget or state.budget)
+        if budget and out_of_budget:
+            # back to the edge after verify: triage picks the next target under the new limits
+            graph.update_state(config, {"budget": budget, "stop_reason": None, "finished": False}, as_node="verify")
+        elif budget:
+            graph.update_state(config, {"budget": budget})
+        state = RunState.model_validate(graph.get_state(config).values)
+        ctx.tell("resume", state=state)
         snapshot = graph.get_state(config)
         payload = None
         if snapshot.interrupts:  # paused for approval: ask again

@@ -663,3 +663,22 @@ def test_an_out_folder_holding_another_run_is_refused(tmp_path):
     again = cli("repair", paths["image"], "--out", str(tmp_path / "run"), env=env)
     assert again.returncode == 2 and "already holds another run" in again.stderr
     assert digest(tmp_path / "run") == before
+
+
+def test_a_run_that_ran_out_of_budget_goes_on_when_resumed_with_more(tmp_path):
+    """One pass allowed: the light pass runs and the budget stops the run. Resumed with three passes,
+    it carries on from triage (the spill is restored) and rewrites its outputs; the first pass is
+    not repeated."""
+    from agent.runner import resume_run
+
+    example = build_example()
+    first = run_loop(tmp_path, example["candidate"], example["source"], example["mask"] > 0,
+                     budget=Budget(max_passes=1))
+    assert first.stop_reason == "budget: 1 of 1 passes used" and first.verdict == "fail"
+    same = resume_run(first.run_id, db=tmp_path / "runs.sqlite")
+    assert same.stop_reason == first.stop_reason and len(same.attempts) == 1  # no new limits: nothing to do
+    more = resume_run(first.run_id, db=tmp_path / "runs.sqlite", budget=Budget(max_passes=3))
+    assert more.finished and more.verdict == "pass" and more.stop_reason.startswith("clean")
+    assert [a.plan.tool for a in more.attempts] == ["local.exposure_color", "local.composite_back"]
+    assert more.spend.passes == 2 and more.budget.max_passes == 3
+    assert report(more)["verdict"] == "pass" and len(report(more)["attempts"]) == 2
