@@ -169,8 +169,6 @@ def example(
 
 # ---- fix: one repair tool by hand ------------------------------------------------------------------
 
-# Module that registers each tool family (the part of the name before the first dot).
-TOOL_MODULES = {"local": "tools.local", "openai": "tools.openai_images", "diffusers": "tools.diffusion"}
 # Local tools that take their region (and settings) from a check's finding when no --mask is given.
 FINDING_CHECKS = {"local.defringe": "edge_halo", "local.expand_canvas": "subject_cropped"}
 # Local tools that cannot run without --mask and no check can stand in for it.
@@ -178,21 +176,6 @@ MASK_REQUIRED = {
     "local.composite_back": "the edit mask (--mask): outside it the source is restored",
     "local.crop_first": "the region to repair (--mask), or repair=local.defringe to take it from edge_halo",
 }
-
-
-def _load_tool(name: str):
-    """Import the module that registers ``name`` (all known ones for an unknown family) and get it."""
-    import importlib
-    import importlib.util
-
-    from tools.base import TOOLS
-
-    family = name.split(".", 1)[0]
-    modules = [TOOL_MODULES[family]] if family in TOOL_MODULES else list(TOOL_MODULES.values())
-    for module in modules:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-    return TOOLS.get(name)
 
 
 def _parse_params(items: List[str]) -> dict:
@@ -287,7 +270,9 @@ def fix(
     fmt = _image_format(target)
     mask_fmt = None if mask_out is None else _image_format(mask_out)
     try:
-        spec = _load_tool(tool)
+        from tools.base import load_tool
+
+        spec = load_tool(tool)
     except KeyError as exc:  # an unknown --tool: the registry suggests the closest
         _fail_input(str(exc.args[0]))
 

@@ -82,7 +82,7 @@ def record_findings(findings: Sequence[Finding], previous: Sequence[FindingRecor
             template=finding.repair_template,
             box=None if finding.region is None else finding.region.box,
             mask_file=mask_file,
-            evidence=_plain(finding.evidence),
+            evidence=plain_data(finding.evidence),
         ))
     return records
 
@@ -127,12 +127,12 @@ def severity(record: FindingRecord | dict) -> float:
     return threshold / score if score > 0 else MAX_SEVERITY
 
 
-def _plain(value):
+def plain_data(value):
     """Evidence as JSON-able data (numpy scalars and arrays become numbers and lists)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_data(v) for v in value]
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, np.generic):

@@ -33,28 +33,16 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from agent.files import RunFiles
-from agent.findings import record_findings, shift_records
+from agent.findings import plain_data, record_findings, shift_records
 from agent.planner import PlanContext, plan_repair
 from agent.state import Attempt, MaskSource, OpenDefect, Outcome, RunInputs, RunState, Spend
 from agent.triage import triage as choose_next
 from agent.verify import judge, outside_change
 from checks.images import DecodedImage, InputError, decoded_from_array, load_image, load_mask, to_uint8
 from checks.policy import Policy, load_policy
+from tools.base import load_tool
 
 Progress = Callable[..., None]
-
-# Which module registers each tool family (imported only when a run uses it).
-TOOL_MODULES = {"local": "tools.local", "openai": "tools.openai_images", "diffusers": "tools.diffusion"}
-
-
-def tool_spec(name: str):
-    import importlib
-
-    from tools.base import TOOLS
-
-    importlib.import_module(TOOL_MODULES[name.split(".", 1)[0]])
-    return TOOLS.get(name)
-
 
 @dataclass
 class RunContext:
@@ -77,7 +65,7 @@ class RunContext:
         protected = [inputs.image, inputs.source, inputs.mask, inputs.policy, *inputs.references]
         files = RunFiles(inputs.out_dir, protected)
         decoded = load_image(inputs.image, "image")
-        files._images[inputs.image] = to_uint8(decoded.pixels)
+        files.remember(inputs.image, to_uint8(decoded.pixels))
         ctx = cls(
             inputs=inputs, policy=policy, files=files,
             source=None if inputs.source is None else load_image(inputs.source, "source"),
@@ -171,11 +159,10 @@ class RunContext:
         if framed is not None:
             source, key = decoded_from_array(framed), f"source:{sorted(pad.items())}"
             mask = self.mask_for(image, pad)
-            if mask is None:
-                mask = np.pad(np.zeros((framed.shape[0] - pad.get("top", 0) - pad.get("bottom", 0),
-                                        framed.shape[1] - pad.get("left", 0) - pad.get("right", 0)), bool),
-                              ((pad.get("top", 0), pad.get("bottom", 0)), (pad.get("left", 0), pad.get("right", 0))),
-                              constant_values=True)
+            if mask is None:  # no edit mask given: only the new strips count as edited
+                mask = np.ones(image.shape[:2], dtype=bool)
+                mask[pad.get("top", 0):image.shape[0] - pad.get("bottom", 0),
+                     pad.get("left", 0):image.shape[1] - pad.get("right", 0)] = False
         elif source is None:
             mask = self.mask_for(image, pad)
         ctx = CheckContext.build(decoded_from_array(candidate), source, mask, self.references,
@@ -327,7 +314,7 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
             parameters["finding"] = to_finding(plan.target, mask if plan.mask_source == MaskSource.finding else None)
         if plan.prepare == "expand_canvas":
             t0 = time.perf_counter()
-            grown = tool_spec("local.expand_canvas").function(
+            grown = load_tool("local.expand_canvas").function(
                 RepairRequest(image=image, parameters={"finding": to_finding(plan.target)}))
             tool_seconds += time.perf_counter() - t0
             image, mask = grown.image, grown.mask
@@ -339,7 +326,7 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
                                 template=plan.template, parameters=parameters)
         ctx.tell("repair", plan=plan, attempt=index)
         t0 = time.perf_counter()
-        result = tool_spec(plan.tool).function(request)
+        result = load_tool(plan.tool).function(request)
         tool_seconds += time.perf_counter() - t0
         cost = float(result.cost_usd)
         if plan.paid and result.parameters.get("cost_known") is False:
@@ -349,7 +336,7 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
             # An outpaint only adds the new strip: the part of the picture that was there comes back
             # pixel for pixel (a GPT Image round trip would resample it), the seam fading inside the strip.
             t0 = time.perf_counter()
-            kept = tool_spec("local.composite_back").function(
+            kept = load_tool("local.composite_back").function(
                 RepairRequest(image=result.image, mask=mask, source=image, parameters={"seam": "inside"}))
             tool_seconds += time.perf_counter() - t0
             result.image = kept.image
@@ -363,7 +350,7 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
             attempt.mask = ctx.files.save_mask(used_mask, f"attempts/{index:02d}-mask.png")
         if result.control is not None:
             attempt.control = ctx.files.save_image(result.control, f"attempts/{index:02d}-control.png")
-        attempt.tool_parameters = _plain(result.parameters)
+        attempt.tool_parameters = plain_data(result.parameters)
         attempt.cost_usd = round(cost, 6)
         attempt.seconds = round(tool_seconds, 4)
         attempt.notes.extend(result.notes)
@@ -487,9 +474,3 @@ def recursion_limit(max_passes: int) -> int:
     """Backstop on graph steps: a pass takes at most 5 (triage, plan, approve, repair, verify), a
     defect left open 2 (triage, plan); the budget normally ends a run long before this."""
     return 5 * max_passes + 200
-
-
-def _plain(value):
-    from agent.findings import _plain as plain
-
-    return plain(value)

@@ -96,7 +96,7 @@ def write_images(state: RunState, ctx: "RunContext") -> None:
               for d in [*state.open_defects.values(), *state.held_back.values()]]
     review_file = "review.png"
     render_review(ctx.image_array(state.inputs.image), ctx.image_array(state.current_image),
-                  review_repairs(state, ctx), files._target(review_file),
+                  review_repairs(state, ctx), files.target(review_file),
                   title=f"fixloop repair · run {state.run_id} · backend {state.inputs.backend} · "
                         f"final verdict {state.verdict}",
                   notes=notes)

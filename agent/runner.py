@@ -154,9 +154,9 @@ def resume_run(run_id: str, progress: Progress | None = None, approver: Approver
             graph.update_state(config, {"budget": budget, "stop_reason": None, "finished": False}, as_node="verify")
         elif budget:
             graph.update_state(config, {"budget": budget})
-        state = RunState.model_validate(graph.get_state(config).values)
-        ctx.tell("resume", state=state)
         snapshot = graph.get_state(config)
+        state = RunState.model_validate(snapshot.values)
+        ctx.tell("resume", state=state)
         payload = None
         if snapshot.interrupts:  # paused for approval: ask again
             if approver is None:

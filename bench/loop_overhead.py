@@ -154,19 +154,19 @@ def instrument(probe: Probe):
             return original_outside(*args, **kwargs)
     patch(graph_mod, "outside_change", outside_change)
 
-    original_tool_spec = graph_mod.tool_spec
+    original_load_tool = graph_mod.load_tool
 
-    def tool_spec(name):
+    def load_tool(name):
         import dataclasses
 
-        spec = original_tool_spec(name)
+        spec = original_load_tool(name)
         function = spec.function
 
         def paused_function(*args, **kwargs):
             with probe.paused():
                 return function(*args, **kwargs)
         return dataclasses.replace(spec, function=paused_function)
-    patch(graph_mod, "tool_spec", tool_spec)
+    patch(graph_mod, "load_tool", load_tool)
 
     # framework parts
     open_func = graph_mod.RunContext.__dict__["open"].__func__

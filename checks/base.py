@@ -7,14 +7,15 @@ name of the defect kind it reports. Its thresholds and priority come from the po
 
 from __future__ import annotations
 
-import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Callable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
+
+from checks.registry import Registry
 
 
 class Stage(str, Enum):
@@ -152,38 +153,19 @@ class CheckSpec:
         return DEFECT_KINDS[self.name]
 
 
-@dataclass
-class CheckRegistry:
-    """Stable check names -> checks. Duplicate names raise; unknown names suggest the closest."""
+class CheckRegistry(Registry[CheckSpec]):
+    """Stable check names -> checks; a check's name must be a defect kind of the failure library."""
 
-    _specs: dict[str, CheckSpec] = field(default_factory=dict)
+    def __init__(self) -> None:
+        super().__init__("check", "checks")
 
     def register(self, spec: CheckSpec) -> None:
-        if spec.name in self._specs:
-            raise ValueError(f"a check named {spec.name!r} is already registered")
-        if spec.name not in DEFECT_KINDS:
+        if spec.name not in self and spec.name not in DEFECT_KINDS:
             raise ValueError(
                 f"check name {spec.name!r} is not a defect kind of the failure library "
                 f"({', '.join(DEFECT_KINDS)})"
             )
-        self._specs[spec.name] = spec
-
-    def get(self, name: str) -> CheckSpec:
-        try:
-            return self._specs[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, self._specs, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known checks: {', '.join(self.names())}"
-            raise KeyError(f"unknown check {name!r}{hint}") from None
-
-    def names(self) -> list[str]:
-        return list(self._specs)
-
-    def __iter__(self):
-        return iter(self._specs.values())
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._specs
+        super().register(spec)
 
 
 REGISTRY = CheckRegistry()

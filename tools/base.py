@@ -9,11 +9,12 @@ The agent (``agent/``) wires checks, templates and tools together; ``tools/`` ne
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from checks.registry import Registry
 
 
 class RepairError(Exception):
@@ -70,33 +71,25 @@ class ToolSpec:
     description: str = ""
 
 
-class ToolRegistry:
-    """Stable tool names -> tools. Duplicate names raise; unknown names suggest the closest."""
+TOOLS: Registry[ToolSpec] = Registry("repair tool", "tools")
 
-    def __init__(self) -> None:
-        self._specs: dict[str, ToolSpec] = {}
-
-    def register(self, spec: ToolSpec) -> None:
-        if spec.name in self._specs:
-            raise ValueError(f"a repair tool named {spec.name!r} is already registered")
-        self._specs[spec.name] = spec
-
-    def get(self, name: str) -> ToolSpec:
-        try:
-            return self._specs[name]
-        except KeyError:
-            close = difflib.get_close_matches(name, self._specs, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; known tools: {', '.join(self._specs)}"
-            raise KeyError(f"unknown repair tool {name!r}{hint}") from None
-
-    def names(self) -> list[str]:
-        return list(self._specs)
-
-    def __iter__(self):
-        return iter(self._specs.values())
+# The module that registers each tool family (the part of a tool's name before the first dot).
+TOOL_MODULES = {"local": "tools.local", "openai": "tools.openai_images", "diffusers": "tools.diffusion"}
 
 
-TOOLS = ToolRegistry()
+def load_tool(name: str) -> ToolSpec:
+    """The tool ``name``, importing the module that registers it first (heavy libraries load only
+    for the tools a run uses). An unknown family imports every installed one, so the error can
+    suggest the closest name."""
+    import importlib
+    import importlib.util
+
+    family = name.split(".", 1)[0]
+    modules = [TOOL_MODULES[family]] if family in TOOL_MODULES else list(TOOL_MODULES.values())
+    for module in modules:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+    return TOOLS.get(name)
 
 
 def register_tool(name: str, paid: bool = False) -> Callable[[RepairFunction], RepairFunction]:
