@@ -522,6 +522,7 @@ def test_approve_asks_before_a_paid_call(tmp_path, answer, calls):
     (["{missing}"], "does not exist"),
     (["{image}", "--backend", "openai"], "OPENAI_API_KEY"),
     (["{image}", "--backend", "magic"], "--backend 'magic'"),
+    (["{image}", "--backend", "diffusers"], "needs an inpainting checkpoint"),
     (["--resume", "no-such-run"], "no run 'no-such-run'"),
     (["{image}", "--out", "{folder}"], "would overwrite an input"),
 ])
@@ -529,7 +530,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message
     image = save(photo("face_dfA_01.jpg"), tmp_path / "in" / "final.png")  # the name the run writes
     before = digest(tmp_path / "in")
     values = {"image": image, "missing": str(tmp_path / "nope.png"), "folder": str(tmp_path / "in")}
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "FIXLOOP_DIFFUSION_MODEL")}
     env["FIXLOOP_HOME"] = str(tmp_path / "home")
     result = cli("repair", *[a.format(**values) for a in args], env=env)
     assert result.returncode == 2
