@@ -12,9 +12,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from checks.color import white_balance_gains
-from checks.images import linear_to_srgb8, srgb_to_linear
-from checks.report import atomic_path
+from fixloop.checks.color import white_balance_gains
+from fixloop.checks.images import linear_to_srgb8, srgb_to_linear
+from fixloop.checks.report import atomic_path
 
 EXAMPLE_EV = -0.5  # the edit darkened the picture by half a stop
 EXAMPLE_MIRED = 30.0  # and warmed it by 30 mired

@@ -19,8 +19,8 @@ from typing import Iterable
 
 import numpy as np
 
-from checks.images import InputError, load_image, load_mask, to_uint8
-from checks.report import atomic_path
+from fixloop.checks.images import InputError, load_image, load_mask, to_uint8
+from fixloop.checks.report import atomic_path
 
 
 class RunFiles:

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from agent.state import FindingRecord
-from checks.base import Finding, Region
+from fixloop.agent.state import FindingRecord
+from fixloop.checks.base import Finding, Region
 
 if TYPE_CHECKING:
-    from agent.files import RunFiles
+    from fixloop.agent.files import RunFiles
 
 # Two findings of one kind are one defect when both cover the whole image, or both have regions
 # that overlap this much (intersection over the smaller box). A regional finding and a whole-image

@@ -32,15 +32,15 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
-from agent.files import RunFiles
-from agent.findings import plain_data, record_findings, shift_records
-from agent.planner import PlanContext, plan_repair
-from agent.state import Attempt, MaskSource, OpenDefect, Outcome, RunInputs, RunState, Spend
-from agent.triage import triage as choose_next
-from agent.verify import judge, outside_change
-from checks.images import DecodedImage, InputError, decoded_from_array, load_image, load_mask, to_uint8
-from checks.policy import Policy, load_policy
-from tools.base import load_tool
+from fixloop.agent.files import RunFiles
+from fixloop.agent.findings import plain_data, record_findings, shift_records
+from fixloop.agent.planner import PlanContext, plan_repair
+from fixloop.agent.state import Attempt, MaskSource, OpenDefect, Outcome, RunInputs, RunState, Spend
+from fixloop.agent.triage import triage as choose_next
+from fixloop.agent.verify import judge, outside_change
+from fixloop.checks.images import DecodedImage, InputError, decoded_from_array, load_image, load_mask, to_uint8
+from fixloop.checks.policy import Policy, load_policy
+from fixloop.tools.base import load_tool
 
 Progress = Callable[..., None]
 
@@ -74,7 +74,7 @@ class RunContext:
             input_alpha=decoded.alpha, progress=progress)
         # Inputs that cannot go together (a mask of another size, an empty mask) fail here, before a
         # checkpoint or a file exists, with the checks' own one-line message.
-        from checks.context import CheckContext
+        from fixloop.checks.context import CheckContext
 
         CheckContext.build(decoded, ctx.source, ctx.edit_mask, ctx.references,
                            max_side=policy.analysis.max_side, mask_name=f"mask {inputs.mask!r}")
@@ -145,8 +145,8 @@ class RunContext:
     def check(self, image: np.ndarray, pad: dict[str, int] | None = None):
         """Run the enabled checks on ``image`` against the run's source, mask and references.
         ``pad``: px added per side by accepted outpaints (where the input now sits on the canvas)."""
-        from checks.context import CheckContext
-        from checks.engine import run_checks
+        from fixloop.checks.context import CheckContext
+        from fixloop.checks.engine import run_checks
 
         candidate = image
         if self.input_alpha is not None and self.input_alpha.shape == image.shape[:2]:
@@ -278,7 +278,7 @@ def approve(state: RunState, runtime: Runtime[RunContext]) -> dict:
 
 
 def _repair_mask(plan, state: RunState, ctx: RunContext, image: np.ndarray) -> np.ndarray | None:
-    from tools.masks import dilate
+    from fixloop.tools.masks import dilate
 
     mask = None
     if plan.mask_source == MaskSource.edit_mask:
@@ -294,8 +294,8 @@ def _repair_mask(plan, state: RunState, ctx: RunContext, image: np.ndarray) -> n
 
 
 def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
-    from agent.findings import to_finding
-    from tools.base import ModerationBlocked, RepairError, RepairRequest
+    from fixloop.agent.findings import to_finding
+    from fixloop.tools.base import ModerationBlocked, RepairError, RepairRequest
 
     started = time.perf_counter()
     ctx = runtime.context
@@ -421,7 +421,7 @@ def _grown(pad: dict[str, int], extend: dict[str, int] | None) -> dict[str, int]
 
 
 def finish(state: RunState, runtime: Runtime[RunContext]) -> dict:
-    from agent.outputs import write_images, write_report
+    from fixloop.agent.outputs import write_images, write_report
 
     started = time.perf_counter()
     ctx = runtime.context

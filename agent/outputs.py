@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from agent.state import Outcome, RepairReport, RunState
-from checks.images import to_uint8
+from fixloop.agent.state import Outcome, RepairReport, RunState
+from fixloop.checks.images import to_uint8
 
 if TYPE_CHECKING:
-    from agent.graph import RunContext
+    from fixloop.agent.graph import RunContext
 
 FORMAT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif"}
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}
@@ -40,7 +40,7 @@ def build_report(state: RunState, final_image: str | None, review_sheet: str | N
 
 def review_repairs(state: RunState, ctx: "RunContext") -> list:
     """The accepted attempts as the review sheet shows them."""
-    from agent.review import ReviewRepair
+    from fixloop.agent.review import ReviewRepair
 
     repairs = []
     for attempt in state.attempts:
@@ -79,7 +79,7 @@ def write_report(state: RunState, ctx: "RunContext") -> RepairReport:
 
 def write_images(state: RunState, ctx: "RunContext") -> None:
     """The final image (the input's format; a cut-out keeps its alpha) and the review sheet."""
-    from agent.review import render_review
+    from fixloop.agent.review import render_review
 
     files = ctx.files
     fmt = state.inputs.output_format

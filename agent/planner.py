@@ -32,8 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from agent.state import Attempt, FindingRecord, MaskSource, OpenDefect, Outcome, RepairPlan
-from checks.policy import RepairSettings
+from fixloop.agent.state import Attempt, FindingRecord, MaskSource, OpenDefect, Outcome, RepairPlan
+from fixloop.checks.policy import RepairSettings
 
 GENERATIVE = "generative"  # placeholder tool of a rung: the run's backend (openai or diffusers)
 SWITCH_TO_DIFFUSERS = "switch:diffusers"  # a rung that leaves GPT Image for a diffusion inpaint
@@ -152,8 +152,8 @@ def ladder(kind: str, backend: str) -> list[Rung]:
 
 
 def _template_has_control(kind: str) -> bool:
-    from checks.base import DEFECT_KINDS
-    from prompts.render import load_template
+    from fixloop.checks.base import DEFECT_KINDS
+    from fixloop.prompts.render import load_template
 
     template = DEFECT_KINDS[kind].template if kind in DEFECT_KINDS else None
     return bool(template) and load_template(template).diffusion.control not in (None, "none")
@@ -200,7 +200,7 @@ def usable_ladder(kind: str, ctx: PlanContext) -> list[Rung]:
 def estimate_usd(ctx: PlanContext, quality: str) -> float | None:
     """Estimated dollars of the next GPT Image call (the dearest call so far, once there is one);
     None when the model has no price (its calls cannot be kept within a dollar budget)."""
-    from tools.openai_images import DEFAULT_MODEL, choose_size, load_prices, price_for
+    from fixloop.tools.openai_images import DEFAULT_MODEL, choose_size, load_prices, price_for
 
     model = ctx.model or DEFAULT_MODEL
     price = price_for(model, load_prices())
@@ -222,7 +222,7 @@ def _spilled(attempt: Attempt) -> bool:
 
 def would_fix(kind: str, template: str) -> str:
     """In words, the repair that would fix ``kind`` on a generative backend."""
-    from prompts.render import load_template
+    from fixloop.prompts.render import load_template
 
     start = load_template(template).diffusion
     control = f" with {start.control} control" if start.control not in (None, "none") else ""
@@ -302,8 +302,8 @@ def _control_option(start: dict[str, Any]) -> tuple[str, float] | None:
 
 
 def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: PlanContext) -> Decision:
-    from agent.findings import to_finding
-    from prompts.render import TemplateError, render
+    from fixloop.agent.findings import to_finding
+    from fixloop.prompts.render import TemplateError, render
 
     request: dict[str, Any] = {"image_size": list(ctx.image_size)}
     try:

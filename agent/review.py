@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from checks.report import atomic_path
+from fixloop.checks.report import atomic_path
 
 STAGES = ("structure", "light", "detail")
 

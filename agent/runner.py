@@ -18,9 +18,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from agent.graph import Progress, RunContext, build_graph, recursion_limit
-from agent.state import CHECKPOINT_TYPES, Budget, RunInputs, RunState
-from checks.images import InputError
+from fixloop.agent.graph import Progress, RunContext, build_graph, recursion_limit
+from fixloop.agent.state import CHECKPOINT_TYPES, Budget, RunInputs, RunState
+from fixloop.checks.images import InputError
 
 HOME_ENV = "FIXLOOP_HOME"
 Approver = Callable[[dict[str, Any]], bool]
@@ -89,8 +89,8 @@ def _drive(graph, config: dict, payload: Any, ctx: RunContext, approver: Approve
 
 def _finish_after_recursion(graph, config: dict, ctx: RunContext) -> RunState:
     """The recursion backstop fired: deliver the best image so far, as the finish node would."""
-    from agent.outputs import write_outputs
-    from agent.state import Outcome
+    from fixloop.agent.outputs import write_outputs
+    from fixloop.agent.state import Outcome
 
     state = RunState.model_validate(graph.get_state(config).values)
     not_verified = []

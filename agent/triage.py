@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from agent.findings import severity
-from agent.state import Budget, FindingRecord, OpenDefect, Spend
-from checks.base import PRIORITY_ORDER, STAGE_ORDER, Priority, Stage
+from fixloop.agent.findings import severity
+from fixloop.agent.state import Budget, FindingRecord, OpenDefect, Spend
+from fixloop.checks.base import PRIORITY_ORDER, STAGE_ORDER, Priority, Stage
 
 LIGHT_BEFORE_RESTORE = ("exposure_drift", "color_temperature_drift")
 

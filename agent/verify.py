@@ -24,9 +24,9 @@ from typing import Sequence
 
 import numpy as np
 
-from agent.findings import severity
-from agent.state import FindingRecord, RepairPlan
-from checks.policy import Policy
+from fixloop.agent.findings import severity
+from fixloop.agent.state import FindingRecord, RepairPlan
+from fixloop.checks.policy import Policy
 
 
 @dataclass
@@ -37,8 +37,8 @@ class Judgement:
 
 def outside_change(before: np.ndarray, after: np.ndarray, mask: np.ndarray, policy: Policy) -> str | None:
     """How the attempt changed pixels outside ``mask`` (None when it did not), by the mask_spill measure."""
-    from checks.base import CheckSkipped, REGISTRY
-    from checks.context import CheckContext
+    from fixloop.checks.base import CheckSkipped, REGISTRY
+    from fixloop.checks.context import CheckContext
 
     if before.shape != after.shape:
         return (f"the output is {after.shape[1]}x{after.shape[0]} but the image was "

@@ -27,7 +27,7 @@ PHOTOS = REPO.parent / "shared" / "data" / "photos"
 
 
 def make_pair(photo: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    from agent.example import build_example
+    from fixloop.agent.example import build_example
 
     if photo and (PHOTOS / photo).is_file():
         source = np.asarray(Image.open(PHOTOS / photo).convert("RGB"))
@@ -52,9 +52,9 @@ def main() -> None:
     parser.add_argument("--photo", default="gen_clean_01.jpg")
     args = parser.parse_args()
 
-    from checks.base import REGISTRY
-    from checks.engine import check_files
-    from checks.policy import load_policy
+    from fixloop.checks.base import REGISTRY
+    from fixloop.checks.engine import check_files
+    from fixloop.checks.policy import load_policy
 
     source, mask, candidate = make_pair(args.photo)
     with tempfile.TemporaryDirectory() as folder:

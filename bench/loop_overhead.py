@@ -98,9 +98,9 @@ class Probe:
 @contextlib.contextmanager
 def instrument(probe: Probe):
     """Wrap the loop's functions for the duration; restores every one on exit."""
-    import agent.graph as graph_mod
-    import agent.outputs as outputs_mod
-    import agent.runner as runner_mod
+    import fixloop.agent.graph as graph_mod
+    import fixloop.agent.outputs as outputs_mod
+    import fixloop.agent.runner as runner_mod
     from langgraph.checkpoint.sqlite import SqliteSaver
 
     restore: list[tuple[Any, str, Any]] = []
@@ -200,14 +200,14 @@ def progress_printer(enabled: bool):
         return None
     from rich.console import Console
 
-    from agent.progress import ConsoleProgress
+    from fixloop.apps.progress import ConsoleProgress
 
     return ConsoleProgress(Console(file=io.StringIO(), force_terminal=False, highlight=False, soft_wrap=True))
 
 
 def one_run(inputs_dir: Path, work: Path, index: int, probe: Probe, progress: bool) -> dict[str, Any]:
-    from agent.runner import start_run
-    from agent.state import Budget, RunInputs
+    from fixloop.agent.runner import start_run
+    from fixloop.agent.state import Budget, RunInputs
 
     paths = {role: str(inputs_dir / f"{role}.png") for role in ("source", "mask", "candidate")}
     out_dir = work / f"run-{index:02d}"
@@ -295,7 +295,7 @@ def main() -> None:
     args = parser.parse_args()
     progress = not args.no_progress
 
-    from agent.example import write_example
+    from fixloop.agent.example import write_example
 
     work = Path(tempfile.mkdtemp(prefix="fixloop-bench-"))
     probe = Probe()

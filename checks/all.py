@@ -1,6 +1,6 @@
 """Importing this module registers every check (each module registers itself on import)."""
 
-from checks import (  # noqa: F401
+from fixloop.checks import (  # noqa: F401
     blur,
     color,
     crop,

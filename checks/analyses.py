@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from checks.context import AnalysisImage
+from fixloop.checks.context import AnalysisImage
 
 # MediaPipe's C++ side (glog, TFLite) logs INFO and warnings to stderr on every model load; they say
 # nothing a user can act on. Quiet them unless the user asked for them.

@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema
 
-from checks.registry import Registry
+from fixloop.checks.registry import Registry
 
 
 class Stage(str, Enum):

@@ -31,8 +31,8 @@ import cv2
 import numpy as np
 from pydantic import Field, model_validator
 
-from checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
-from checks.context import AnalysisImage, CheckContext
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from fixloop.checks.context import AnalysisImage, CheckContext
 
 CLIPPED, CRUSHED = 0.98, 0.02  # grey levels at or beyond which a pixel carries no detail
 

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from checks.base import CheckParams, Priority, make_finding, register_check
-from checks.context import CheckContext
+from fixloop.checks.base import CheckParams, Priority, make_finding, register_check
+from fixloop.checks.context import CheckContext
 
 # Linear sRGB -> CIE XYZ (D65)
 RGB_TO_XYZ = np.array(

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
-from checks.images import (
+from fixloop.checks.images import (
     SRGB8_TO_LINEAR,
     DecodedImage,
     InputError,

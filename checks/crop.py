@@ -96,9 +96,9 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from checks import analyses
-from checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
-from checks.context import DEFAULT_MAX_SIDE, AnalysisImage, CheckContext, analysis_size
+from fixloop.checks import analyses
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from fixloop.checks.context import DEFAULT_MAX_SIDE, AnalysisImage, CheckContext, analysis_size
 
 EDGES = ("top", "bottom", "left", "right")
 # MediaPipe Pose landmark indices.

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
-import checks.all  # noqa: F401  (registers every check)
-from checks.base import REGISTRY, CheckSkipped, Finding
-from checks.context import CheckContext
-from checks.policy import Policy, load_policy
-from checks.report import CheckRun, CheckStatus, InputSummary, Report
+import fixloop.checks.all  # noqa: F401  (registers every check)
+from fixloop.checks.base import REGISTRY, CheckSkipped, Finding
+from fixloop.checks.context import CheckContext
+from fixloop.checks.policy import Policy, load_policy
+from fixloop.checks.report import CheckRun, CheckStatus, InputSummary, Report
 
 INPUT_HINTS = {
     "source": "needs the image before the edit (--source)",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
-from checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
-from checks.context import AnalysisImage, CheckContext
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
+from fixloop.checks.context import AnalysisImage, CheckContext
 
 CLIPPED_LEVEL = 0.99  # sRGB value at or above which a pixel counts as clipped white (all channels)
 CRUSHED_LEVEL = 0.02  # sRGB value at or below which a pixel counts as crushed black (all channels)

@@ -34,8 +34,8 @@ import cv2
 import numpy as np
 from pydantic import Field, model_validator
 
-from checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
-from checks.context import AnalysisImage, CheckContext
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from fixloop.checks.context import AnalysisImage, CheckContext
 
 GREY_BACKDROP = 0.5  # sRGB level a cut-out is composited over (L* about 53)
 REFERENCE_SIDE = 1024.0  # px; the offsets in the policy are pixels at this long side

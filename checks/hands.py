@@ -64,10 +64,10 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from checks import analyses
-from checks.analyses import Hand, box_iou, same_hand
-from checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
-from checks.context import AnalysisImage, CheckContext
+from fixloop.checks import analyses
+from fixloop.checks.analyses import Hand, box_iou, same_hand
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from fixloop.checks.context import AnalysisImage, CheckContext
 
 FINGER_NAMES = ("thumb", "index", "middle", "ring", "little")
 # Landmark chains per finger: thumb CMC-MCP-IP-tip; fingers MCP-PIP-DIP-tip.

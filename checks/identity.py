@@ -53,10 +53,10 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from checks import models
-from checks.analyses import Face, faces
-from checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
-from checks.context import AnalysisImage, CheckContext
+from fixloop.checks import models
+from fixloop.checks.analyses import Face, faces
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from fixloop.checks.context import AnalysisImage, CheckContext
 
 # The standard ArcFace template (InsightFace ``face_align.arcface_dst``) for a 112 x 112 crop:
 # left eye, right eye (as seen in the image), nose tip, left and right mouth corner.

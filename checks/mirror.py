@@ -26,8 +26,8 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
-from checks.context import CheckContext
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
+from fixloop.checks.context import CheckContext
 
 BLUR_SIGMA = 1.0  # px at the thumbnail size, applied before the gradient
 SEARCH_MARGIN = 0.06  # share of each side of the candidate left out so that it can slide over the source

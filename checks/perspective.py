@@ -33,8 +33,8 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
-from checks.context import AnalysisImage, CheckContext
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
+from fixloop.checks.context import AnalysisImage, CheckContext
 
 BIN_DEG = 0.1  # direction histogram bin (whole-image rotation)
 SMOOTH_DEG = 0.5  # Gaussian smoothing of direction histograms (LSD directions scatter by a few tenths)

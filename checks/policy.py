@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from checks.base import REGISTRY, CheckParams, Priority
-from checks.images import InputError
+from fixloop.checks.base import REGISTRY, CheckParams, Priority
+from fixloop.checks.images import InputError
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.toml")
 
@@ -88,7 +88,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def load_policy(path: str | Path | None = None) -> Policy:
     """The default policy, with the file at ``path`` (if any) laid over it."""
-    import checks.all  # noqa: F401  (registers every check)
+    import fixloop.checks.all  # noqa: F401  (registers every check)
 
     raw = _read_toml(DEFAULT_POLICY_PATH)
     name = "default"

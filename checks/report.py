@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from checks.base import Finding
+from fixloop.checks.base import Finding
 
 SCHEMA_VERSION = "1"
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
@@ -97,7 +97,7 @@ class Report(BaseModel):
 
 
 def _refuse_input(target: Path, guarded: set[Path]) -> None:
-    from checks.images import InputError
+    from fixloop.checks.images import InputError
 
     if target.resolve() in guarded:
         raise InputError(f"output {str(target)!r} is one of the inputs: choose another --out folder")

@@ -35,9 +35,9 @@ from pydantic import Field
 from skimage.color import deltaE_ciede2000
 from skimage.metrics import structural_similarity
 
-from checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
-from checks.context import AnalysisImage, CheckContext
-from checks.images import as_float
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from fixloop.checks.context import AnalysisImage, CheckContext
+from fixloop.checks.images import as_float
 
 GLOBAL_SHARE = 0.5  # changed share of the unedited area above which the change is called global
 CLIPPED = 0.97  # sRGB level at or above which a candidate channel counts as clipped

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from checks.base import CheckSkipped, Region, make_finding, register_check
-from checks.context import CheckContext
-from checks.identity import (
+from fixloop.checks.base import CheckSkipped, Region, make_finding, register_check
+from fixloop.checks.context import CheckContext
+from fixloop.checks.identity import (
     EmbeddedFace,
     FaceEmbedder,
     Identity,

@@ -1,6 +1,6 @@
 """Repair prompt templates, one per repair of the failure library, and their renderer."""
 
-from prompts.render import (
+from fixloop.prompts.render import (
     MissingSlotError,
     RenderedPrompt,
     Template,

@@ -31,8 +31,8 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from checks.base import Finding
-from tools.base import RepairError
+from fixloop.checks.base import Finding
+from fixloop.tools.base import RepairError
 
 CONTROL_TYPES = ("canny", "openpose", "depth")
 # Request keys that are not slots: structured inputs the renderer turns into slot text ...

@@ -27,7 +27,7 @@ def photo_names(category: str | None = None) -> list[str]:
 
 @lru_cache(maxsize=None)
 def _photo(name: str) -> np.ndarray:
-    from checks.images import load_image, to_uint8
+    from fixloop.checks.images import load_image, to_uint8
 
     return to_uint8(load_image(PHOTOS / name).pixels)
 
@@ -44,6 +44,6 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def policy():
-    from checks.policy import load_policy
+    from fixloop.checks.policy import load_policy
 
     return load_policy()

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from checks.images import linear_to_srgb8, srgb_to_linear
+from fixloop.checks.images import linear_to_srgb8, srgb_to_linear
 
 
 @dataclass
@@ -67,7 +67,7 @@ def exposure(image: np.ndarray, ev: float) -> Case:
 
 def white_balance(image: np.ndarray, mired: float) -> Case:
     """Re-light the image from D65 to a white point ``mired`` warmer (+) or cooler (-)."""
-    from checks.color import white_balance_gains
+    from fixloop.checks.color import white_balance_gains
 
     gains = white_balance_gains(mired)
     return Case(candidate=jpeg(to_srgb(to_linear(image) * gains), 90), source=image)
@@ -261,8 +261,8 @@ DEFECTS["edit_inside_mask_resized"] = edit_inside_mask_resized
 
 def face_keypoints(image: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """(box, 4 keypoints: eyes, nose, mouth) of every MediaPipe face in ``image``, left to right, in image px."""
-    from checks.analyses import faces
-    from checks.context import CheckContext
+    from fixloop.checks.analyses import faces
+    from fixloop.checks.context import CheckContext
 
     ctx = CheckContext.from_arrays(image)
     scale = ctx.scale_to_candidate
@@ -274,7 +274,7 @@ def transplant_face(target: np.ndarray, donor: np.ndarray, donor_points: np.ndar
                     target_box: np.ndarray) -> np.ndarray:
     """Paste the donor's face (eyes, nose, mouth, cheeks) over the target face, aligned by a similarity
     transform of the keypoints, colour-matched inside the face and feathered at its border."""
-    from checks.identity import similarity_matrix
+    from fixloop.checks.identity import similarity_matrix
 
     h, w = target.shape[:2]
     warped = cv2.warpAffine(donor, similarity_matrix(donor_points, target_points), (w, h),
@@ -372,8 +372,8 @@ DEFECTS["lean_verticals"] = lean_verticals
 
 def pose_points(image: np.ndarray) -> np.ndarray:
     """33 x 4 MediaPipe pose landmarks of ``image`` (x, y in its pixels, z, visibility)."""
-    from checks.analyses import pose
-    from checks.context import CheckContext
+    from fixloop.checks.analyses import pose
+    from fixloop.checks.context import CheckContext
 
     ctx = CheckContext.from_arrays(image)
     found = pose(ctx.candidate)
@@ -469,8 +469,8 @@ HAND_FINGERS = ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (
 
 def hand_landmarks(image: np.ndarray) -> list[np.ndarray]:
     """21 x 3 landmarks (image px) of every full-frame MediaPipe hand in ``image``, largest palm first."""
-    from checks.analyses import hands
-    from checks.context import CheckContext
+    from fixloop.checks.analyses import hands
+    from fixloop.checks.context import CheckContext
 
     ctx = CheckContext.from_arrays(image)
     scale = ctx.scale_to_candidate

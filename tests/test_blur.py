@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from checks.blur import measure_blur
-from checks.context import CheckContext
-from checks.engine import run_checks
+from fixloop.checks.blur import measure_blur
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
 from tests import defects
 from tests.conftest import photo
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from checks.context import CheckContext
-from checks.engine import run_checks
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
 from tests import defects
 from tests.conftest import photo
 

@@ -13,8 +13,8 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from checks.context import CheckContext
-from checks.engine import run_checks
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
 from tests import defects
 from tests.conftest import manifest, photo, photo_names
 
@@ -200,7 +200,7 @@ def test_second_main_face_cut_at_a_side(policy):
 
 
 def test_cut_already_in_the_source_is_not_the_edit(policy):
-    from checks.policy import load_policy
+    from fixloop.checks.policy import load_policy
 
     image = photo("face_obama_partial_01.jpg")
     candidate = defects.jpeg(image, 90)

@@ -17,8 +17,8 @@ pytest.importorskip("diffusers")
 
 from tests.conftest import photo  # noqa: E402
 from tests.tiny_pipelines import IP_ADAPTER_WEIGHT, build_tiny_models, tiny_tokenizer  # noqa: E402
-from tools.base import TOOLS, RepairError, RepairRequest  # noqa: E402
-from tools.diffusion import (  # noqa: E402
+from fixloop.tools.base import TOOLS, RepairError, RepairRequest  # noqa: E402
+from fixloop.tools.diffusion import (  # noqa: E402
     DiffusionSettings,
     clear_pipeline_cache,
     composite_back,

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from checks.base import REGISTRY, CheckParams, CheckRegistry, CheckSpec
-from checks.context import CheckContext
-from checks.engine import run_checks
-from checks.images import InputError
-from checks.policy import load_policy
-from checks.report import SCHEMA_PATH, Report, schema_text
+from fixloop.checks.base import REGISTRY, CheckParams, CheckRegistry, CheckSpec
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
+from fixloop.checks.images import InputError
+from fixloop.checks.policy import load_policy
+from fixloop.checks.report import SCHEMA_PATH, Report, schema_text
 from tests import defects
 from tests.conftest import photo
 

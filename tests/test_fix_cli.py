@@ -43,7 +43,7 @@ def summary_line(result) -> str:
 
 def test_exposure_and_white_balance_drift_repaired_against_the_source(tmp_path):
     image = photo("face_obama_01.jpg")
-    from checks.color import white_balance_gains
+    from fixloop.checks.color import white_balance_gains
 
     drifted = defects.jpeg(defects.to_srgb(defects.to_linear(image) * 2 ** -0.5 * white_balance_gains(30)), 90)
     src, cand = save(tmp_path, "source.png", image), save(tmp_path, "candidate.png", drifted)

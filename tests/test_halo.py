@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from checks.base import REGISTRY, CheckSkipped
-from checks.context import CheckContext
-from checks.halo import HaloParams, check_edge_halo, measure_context
-from checks.policy import DEFAULT_POLICY_PATH
+from fixloop.checks.base import REGISTRY, CheckSkipped
+from fixloop.checks.context import CheckContext
+from fixloop.checks.halo import HaloParams, check_edge_halo, measure_context
+from fixloop.checks.policy import DEFAULT_POLICY_PATH
 from tests import defects
 from tests.conftest import photo
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from checks import analyses
-from checks.analyses import Hand
-from checks.context import CheckContext
-from checks.engine import run_checks
-from checks.hands import _segment_distance, closest_fingers, palm_length
-from checks.policy import load_policy
+from fixloop.checks import analyses
+from fixloop.checks.analyses import Hand
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
+from fixloop.checks.hands import _segment_distance, closest_fingers, palm_length
+from fixloop.checks.policy import load_policy
 from tests import defects
 from tests.conftest import manifest, photo, photo_names
 

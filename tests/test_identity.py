@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
-from checks import models
-from checks.analyses import Face, faces
-from checks.context import CheckContext
-from checks.engine import run_checks
-from checks.identity import (
+from fixloop.checks import models
+from fixloop.checks.analyses import Face, faces
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
+from fixloop.checks.identity import (
     ARCFACE_TEMPLATE,
     MEDIAPIPE_ALIGN_POINTS,
     MEDIAPIPE_ARCFACE_TEMPLATE,
@@ -28,7 +28,7 @@ from checks.identity import (
     embedded_faces,
     similarity_matrix,
 )
-from checks.policy import load_policy
+from fixloop.checks.policy import load_policy
 from tests import defects
 from tests.conftest import manifest, photo, photo_names
 

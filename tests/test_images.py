@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from checks import images
-from checks.context import CheckContext
-from checks.images import InputError, load_image, load_mask
+from fixloop.checks import images
+from fixloop.checks.context import CheckContext
+from fixloop.checks.images import InputError, load_image, load_mask
 from tests.conftest import PHOTOS, photo
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from checks.color import measure_white_balance, white_balance_gains, white_point
-from checks.context import CheckContext
-from checks.engine import run_checks
+from fixloop.checks.color import measure_white_balance, white_balance_gains, white_point
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
 from tests import defects
 from tests.conftest import photo
 

@@ -7,13 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from checks.color import measure_white_balance
-from checks.context import CheckContext
-from checks.engine import run_checks
+from fixloop.checks.color import measure_white_balance
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
 from tests import defects
 from tests.conftest import photo
-from tools import local
-from tools.base import TOOLS, RepairError, RepairRequest, RepairResult
+from fixloop.tools import local
+from fixloop.tools.base import TOOLS, RepairError, RepairRequest, RepairResult
 
 LIGHT = ["exposure_drift", "color_temperature_drift"]
 LIGHT_PHOTOS = ["face_obama_01.jpg", "body_bus_01.jpg", "gen_clean_01.jpg", "composite_clean_lemur_01.png"]
@@ -64,7 +64,7 @@ def test_drift_matched_to_the_source_is_gone(name, defect, amount, policy):
 def test_drift_over_an_edit_is_measured_outside_the_mask_and_keeps_the_edit(name, policy):
     """An edit inside the mask plus a global darkening and warming: the correction is measured on the
     unedited pixels, is one curve per channel, and leaves the edit in place."""
-    from checks.color import white_balance_gains
+    from fixloop.checks.color import white_balance_gains
 
     image = photo(name)
     edit = defects.edit_inside_mask(image)

@@ -12,17 +12,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.files import RunFiles
-from agent.findings import MAX_SEVERITY, match_keys, new_key, record_findings, severity, to_finding
-from agent.planner import GENERATIVE, PlanContext, estimate_usd, ladder, plan_repair, usable_ladder, would_fix
-from agent.state import Attempt, Budget, FindingRecord, MaskSource, OpenDefect, Outcome, RepairPlan, Spend
-from agent.triage import budget_stop, order_key, triage
-from agent.verify import judge, outside_change
-from checks.base import DEFECT_KINDS, Finding, Region
-from checks.context import CheckContext
-from checks.engine import run_checks
-from checks.policy import load_policy
-from prompts.render import load_template
+from fixloop.agent.files import RunFiles
+from fixloop.agent.findings import MAX_SEVERITY, match_keys, new_key, record_findings, severity, to_finding
+from fixloop.agent.planner import GENERATIVE, PlanContext, estimate_usd, ladder, plan_repair, usable_ladder, would_fix
+from fixloop.agent.state import Attempt, Budget, FindingRecord, MaskSource, OpenDefect, Outcome, RepairPlan, Spend
+from fixloop.agent.triage import budget_stop, order_key, triage
+from fixloop.agent.verify import judge, outside_change
+from fixloop.checks.base import DEFECT_KINDS, Finding, Region
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
+from fixloop.checks.policy import load_policy
+from fixloop.prompts.render import load_template
 from tests import defects
 from tests.conftest import photo
 

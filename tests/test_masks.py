@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import photo
-from tools import masks
+from fixloop.tools import masks
 
 
 def grid(text: str) -> np.ndarray:

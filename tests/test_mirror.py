@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from checks.context import CheckContext
-from checks.engine import run_checks
-from checks.mirror import measure_mirror
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
+from fixloop.checks.mirror import measure_mirror
 from tests import defects
 from tests.conftest import photo
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from checks import models
+from fixloop.checks import models
 
 
 @pytest.fixture

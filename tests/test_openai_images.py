@@ -16,8 +16,8 @@ import pytest
 
 from tests.conftest import photo
 from tests.openai_server import OpenAIImagesServer, invalid_request
-from tools.base import TOOLS, ModerationBlocked, RepairError, RepairRequest
-from tools.openai_images import (
+from fixloop.tools.base import TOOLS, ModerationBlocked, RepairError, RepairRequest
+from fixloop.tools.openai_images import (
     Geometry,
     Price,
     api_mask,

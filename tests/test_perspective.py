@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from checks.context import CheckContext
-from checks.engine import run_checks
-from checks.perspective import find_lines, measure_rotation
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
+from fixloop.checks.perspective import find_lines, measure_rotation
 from tests import defects
 from tests.conftest import photo
 

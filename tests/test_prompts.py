@@ -12,10 +12,10 @@ import re
 
 import pytest
 
-from checks.base import DEFECT_KINDS, make_finding
-from checks.context import CheckContext
-from checks.engine import run_checks
-from prompts import MissingSlotError, TemplateError, load_template, render, template_names
+from fixloop.checks.base import DEFECT_KINDS, make_finding
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
+from fixloop.prompts import MissingSlotError, TemplateError, load_template, render, template_names
 from tests import defects
 from tests.conftest import REPO, photo
 
@@ -235,7 +235,7 @@ def test_lists_and_subject_tables_become_readable_text():
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_diffusion_parameters_are_accepted_by_the_diffusers_tool(name):
-    from tools.diffusion import DiffusionSettings
+    from fixloop.tools.diffusion import DiffusionSettings
 
     rendered = render(name, request=full_slots(name))
     params = rendered.diffusion_parameters()

@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.example import build_example
-from agent.runner import load_run, start_run
-from agent.state import Budget, Outcome, RunInputs
+from fixloop.agent.example import build_example
+from fixloop.agent.runner import load_run, start_run
+from fixloop.agent.state import Budget, Outcome, RunInputs
 from tests import defects
 from tests.conftest import photo
 from tests.openai_server import OpenAIImagesServer
 
-FIXLOOP = [sys.executable, "-m", "agent.cli"]
+FIXLOOP = [sys.executable, "-m", "fixloop.apps.cli"]
 STAGE_RANK = {"structure": 0, "light": 1, "detail": 2}
 
 
@@ -93,7 +93,7 @@ def assert_stage_order(state) -> None:
 
 
 def test_published_repair_report_schema_matches_the_models_and_a_real_report():
-    from agent.state import REPAIR_SCHEMA_PATH, RepairReport, repair_schema_text
+    from fixloop.agent.state import REPAIR_SCHEMA_PATH, RepairReport, repair_schema_text
 
     assert REPAIR_SCHEMA_PATH.read_text() == repair_schema_text(), \
         "run `fixloop schema --repair > agent/repair_report.schema.json`"
@@ -115,7 +115,7 @@ def test_the_shipped_example_is_repaired_light_first_then_restored(tmp_path):
     outside = example["mask"] == 0
     assert np.abs(final[outside] - example["source"][outside]).max() == 0  # restored exactly
     data = report(state)
-    from agent.state import RepairReport
+    from fixloop.agent.state import RepairReport
 
     RepairReport.model_validate(data)  # report.json follows its published schema's models
     assert data["verdict"] == "pass" and data["spend"]["usd"] == 0 and len(data["attempts"]) == 2
@@ -310,10 +310,10 @@ def test_a_cut_off_subject_is_outpainted_on_a_grown_canvas(tmp_path, openai_env,
     GPT Image to outpaint the new strip. The loopback model paints what the camera saw there (the
     uncropped photo, mapped through the request's own geometry); verify finds the subject whole.
     With an edit mask and no source, the mask follows the picture onto the grown canvas."""
-    from checks.context import CheckContext
-    from checks.engine import run_checks
-    from checks.policy import load_policy
-    from tools.openai_images import DEFAULT_MAX_PIXELS, plan_geometry, to_request_image
+    from fixloop.checks.context import CheckContext
+    from fixloop.checks.engine import run_checks
+    from fixloop.checks.policy import load_policy
+    from fixloop.tools.openai_images import DEFAULT_MAX_PIXELS, plan_geometry, to_request_image
 
     image = photo("body_skier_01.jpg")
     case = defects.crop_through_shins(image, 0.5)
@@ -351,7 +351,7 @@ def test_a_cut_off_subject_is_outpainted_on_a_grown_canvas(tmp_path, openai_env,
 def test_on_a_grown_canvas_the_source_is_compared_on_the_old_frame(tmp_path):
     """After an outpaint added strips, the checks still compare the old frame with the source: a
     half-stop darkening is measured there, and the new strips count as edited (no spill)."""
-    from agent.graph import RunContext
+    from fixloop.agent.graph import RunContext
 
     image = photo("face_harington_01.jpg")
     darker = defects.exposure(image, -0.6).candidate
@@ -396,7 +396,7 @@ def test_a_paid_call_that_would_pass_the_dollar_budget_is_not_made(tmp_path, ope
 def test_a_run_paused_for_approval_waits_in_its_checkpoint_until_answered(tmp_path, openai_env):
     """In-process callers (a service, a chat) get the paused state back when nobody can answer; the
     run waits in its checkpoint, and resume_run with an answer carries on from there."""
-    from agent.runner import resume_run
+    from fixloop.agent.runner import resume_run
 
     case = blurred_case()
     questions = []
@@ -548,7 +548,7 @@ def test_diffusers_attempts_keep_the_seed_and_change_one_variable(tmp_path):
     is checked is how the loop drives diffusion: denoise from the low end of the template's range to
     its middle, seed and everything else locked, and no pixel outside the mask ever delivered."""
     pytest.importorskip("diffusers")
-    from prompts.render import load_template
+    from fixloop.prompts.render import load_template
     from tests.tiny_pipelines import build_tiny_models
 
     models = build_tiny_models(tmp_path / "models")
@@ -618,9 +618,9 @@ def test_the_recursion_backstop_reports_an_unverified_attempt_and_delivers_the_l
     """With the graph's step limit forced down to 4 (inspect, triage, plan, repair), the run stops
     after the first tool call, before verify: that attempt is reported as not verified, its output is
     not delivered, and the budget accounting still sees the pass."""
-    import agent.runner
+    from fixloop.agent import runner
 
-    monkeypatch.setattr(agent.runner, "recursion_limit", lambda passes: 4)
+    monkeypatch.setattr(runner, "recursion_limit", lambda passes: 4)
     example = build_example()
     state = run_loop(tmp_path, example["candidate"], example["source"], example["mask"] > 0)
     assert state.finished and "recursion limit" in state.stop_reason
@@ -670,7 +670,7 @@ def test_a_run_that_ran_out_of_budget_goes_on_when_resumed_with_more(tmp_path):
     """One pass allowed: the light pass runs and the budget stops the run. Resumed with three passes,
     it carries on from triage (the spill is restored) and rewrites its outputs; the first pass is
     not repeated."""
-    from agent.runner import resume_run
+    from fixloop.agent.runner import resume_run
 
     example = build_example()
     first = run_loop(tmp_path, example["candidate"], example["source"], example["mask"] > 0,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from agent.review import (
+from fixloop.agent.review import (
     CLOSEUP_MAX_SIDE,
     DIM,
     FOOTER_FIELDS,

@@ -7,9 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
-from checks.context import CheckContext
-from checks.engine import run_checks
-from checks.spill import SpillParams, measure_spill
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
+from fixloop.checks.spill import SpillParams, measure_spill
 from tests import defects
 from tests.conftest import photo
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from checks.context import CheckContext
-from checks.engine import run_checks
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
 from tests import defects
 from tests.conftest import photo
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from checks.registry import Registry
+from fixloop.checks.registry import Registry
 
 
 class RepairError(Exception):
@@ -74,7 +74,7 @@ class ToolSpec:
 TOOLS: Registry[ToolSpec] = Registry("repair tool", "tools")
 
 # The module that registers each tool family (the part of a tool's name before the first dot).
-TOOL_MODULES = {"local": "tools.local", "openai": "tools.openai_images", "diffusers": "tools.diffusion"}
+TOOL_MODULES = {"local": "fixloop.tools.local", "openai": "fixloop.tools.openai_images", "diffusers": "fixloop.tools.diffusion"}
 
 
 def load_tool(name: str) -> ToolSpec:

@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tools.base import (
+from fixloop.tools.base import (
     ModerationBlocked,
     RepairError,
     RepairRequest,
@@ -454,9 +454,9 @@ def draw_openpose(keypoints: np.ndarray, width: int, height: int, thickness: int
 
 def pose_landmarks(image: np.ndarray, max_side: int = 1280) -> np.ndarray:
     """MediaPipe pose landmarks of the most prominent person in ``image`` (33 x 4, input pixels)."""
-    from checks.analyses import pose
-    from checks.context import AnalysisImage
-    from checks.images import decoded_from_array
+    from fixloop.checks.analyses import pose
+    from fixloop.checks.context import AnalysisImage
+    from fixloop.checks.images import decoded_from_array
 
     h, w = image.shape[:2]
     scale = min(1.0, max_side / max(w, h))
@@ -474,7 +474,7 @@ def pose_landmarks(image: np.ndarray, max_side: int = 1280) -> np.ndarray:
 def _load_map(value: Any, role: str, shape: tuple[int, int]) -> np.ndarray:
     """A user map (array or image file) at the input's size, as an array."""
     if isinstance(value, (str, Path)):
-        from checks.images import InputError, load_image
+        from fixloop.checks.images import InputError, load_image
 
         try:
             value = load_image(value, role=role).pixels

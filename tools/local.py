@@ -34,8 +34,8 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from checks.images import SRGB8_TO_LINEAR, linear_to_srgb8
-from tools.base import (
+from fixloop.checks.images import SRGB8_TO_LINEAR, linear_to_srgb8
+from fixloop.tools.base import (
     TOOLS,
     RepairError,
     RepairRequest,
@@ -171,9 +171,9 @@ def _small(image: np.ndarray, side: int = MEASURE_SIDE) -> np.ndarray:
 def _measure_against_source(candidate: np.ndarray, source: np.ndarray, mask: np.ndarray | None):
     """(EV change, unit-luminance channel gains, mired shift) of ``candidate`` against ``source``,
     measured exactly as exposure_drift and color_temperature_drift measure them."""
-    from checks.color import measure_white_balance
-    from checks.context import CheckContext
-    from checks.exposure import measure_exposure
+    from fixloop.checks.color import measure_white_balance
+    from fixloop.checks.context import CheckContext
+    from fixloop.checks.exposure import measure_exposure
 
     ctx = CheckContext.from_arrays(candidate, source, mask, max_side=MEASURE_SIDE)
     change = measure_exposure(ctx.source, ctx.candidate, ctx.unedited_region())
@@ -190,7 +190,7 @@ def estimate_illuminant(image: np.ndarray, region: np.ndarray | None = None, rou
     the shared photos a 40-mired warm and a 40-mired cool version of one photo then land within a
     few mired of each other (about 20 mired apart without the repeat).
     """
-    from checks.color import RGB_TO_XYZ
+    from fixloop.checks.color import RGB_TO_XYZ
 
     small = _small(image, 512)
     if region is not None:
@@ -212,7 +212,7 @@ def estimate_illuminant(image: np.ndarray, region: np.ndarray | None = None, rou
 
 def _target_mired(parameters: dict[str, Any]) -> tuple[str | None, float | None]:
     """(target name, mired shift from D65) from ``target`` or an explicit ``cct`` in kelvin."""
-    from checks.color import white_point
+    from fixloop.checks.color import white_point
 
     reference = white_point(np.ones(3)).mired
     cct = _param(parameters, "cct", None, float)
@@ -257,7 +257,7 @@ def exposure_color(request: RepairRequest) -> RepairResult:
         raise RepairError("exposure=false and white_balance=false leave nothing to correct")
 
     # 2. the white balance: to a target from the picture's own light, or (below) to the source
-    from checks.color import RGB_TO_XYZ, white_balance_gains
+    from fixloop.checks.color import RGB_TO_XYZ, white_balance_gains
 
     fixed_white = None
     if target is not None and do_white:
@@ -601,9 +601,9 @@ def flip_back(request: RepairRequest) -> RepairResult:
         raise RepairError(f"axis={axis!r}: use horizontal (left-right) or vertical (upside down)")
     parameters: dict[str, Any] = {"axis": axis}
     if request.source is not None and axis == "horizontal":
-        from checks.context import CheckContext
-        from checks.mirror import measure_mirror
-        from checks.policy import load_policy
+        from fixloop.checks.context import CheckContext
+        from fixloop.checks.mirror import measure_mirror
+        from fixloop.checks.policy import load_policy
 
         source = check_image(request.source, "source")
         if not _same_aspect(image.shape, source.shape):

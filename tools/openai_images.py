@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tools.base import (ModerationBlocked, RepairError, RepairRequest, RepairResult, check_image, check_mask,
+from fixloop.tools.base import (ModerationBlocked, RepairError, RepairRequest, RepairResult, check_image, check_mask,
                         register_tool)
 
 TOOL_NAME = "openai"
@@ -267,7 +267,7 @@ def decode_image(data: bytes) -> np.ndarray:
     """An H x W x 3 uint8 RGB array from PNG / JPEG / WebP bytes (alpha dropped)."""
     from PIL import Image, UnidentifiedImageError
 
-    from checks.images import decoded_from_pil, to_uint8
+    from fixloop.checks.images import decoded_from_pil, to_uint8
 
     try:
         with Image.open(io.BytesIO(data)) as opened:

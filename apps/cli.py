@@ -45,9 +45,9 @@ def check(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for report.json and finding masks"),
 ) -> None:
     """Inspect CANDIDATE for defects; compare it with --source when given."""
-    from checks.engine import check_files
-    from checks.images import InputError
-    from checks.policy import load_policy
+    from fixloop.checks.engine import check_files
+    from fixloop.checks.images import InputError
+    from fixloop.checks.policy import load_policy
 
     try:
         loaded_policy = load_policy(policy)
@@ -73,7 +73,7 @@ def check(
     if as_json:
         sys.stdout.write(report.to_json() + "\n")
     else:
-        from agent.render import print_report
+        from fixloop.apps.render import print_report
 
         print_report(report)
     raise typer.Exit(VERDICT_EXIT[report.verdict])
@@ -85,8 +85,8 @@ def list_checks() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from checks.base import REGISTRY
-    from checks.policy import load_policy
+    from fixloop.checks.base import REGISTRY
+    from fixloop.checks.policy import load_policy
 
     policy = load_policy()
     table = Table(title="fixloop checks")
@@ -107,9 +107,9 @@ def list_models(
     from rich.console import Console
     from rich.table import Table
 
-    from checks.images import InputError
-    from checks.models import MODELS, model_status
-    from checks.policy import load_policy
+    from fixloop.checks.images import InputError
+    from fixloop.checks.models import MODELS, model_status
+    from fixloop.checks.policy import load_policy
 
     try:
         loaded = load_policy(policy)
@@ -143,11 +143,11 @@ def schema(
 ) -> None:
     """Print the JSON Schema of the `check --json` report (or, with --repair, of `repair`'s report.json)."""
     if repair_report:
-        from agent.state import repair_schema_text
+        from fixloop.agent.state import repair_schema_text
 
         sys.stdout.write(repair_schema_text())
         return
-    from checks.report import schema_text
+    from fixloop.checks.report import schema_text
 
     sys.stdout.write(schema_text())
 
@@ -157,7 +157,7 @@ def example(
     out: Path = typer.Option(Path("examples/out"), "--out", "-o", help="folder to write the example into"),
 ) -> None:
     """Write a worked example: a source photo, an edit mask and a broken edit of it."""
-    from agent.example import write_example
+    from fixloop.agent.example import write_example
 
     try:
         paths = write_example(out)
@@ -206,7 +206,7 @@ def _image_format(path: Path) -> str:
 def _save_image(array, path: Path, fmt: str) -> None:
     from PIL import Image
 
-    from checks.report import atomic_path
+    from fixloop.checks.report import atomic_path
 
     image = Image.fromarray(array)
     if fmt == "JPEG" and image.mode == "RGBA":
@@ -218,9 +218,9 @@ def _save_image(array, path: Path, fmt: str) -> None:
 def _finding_for(checks: List[str], decoded, source, references, policy):
     """Run ``checks`` on the image; the first finding (one with a region first), or None.
     A check that cannot run is an input error; a check that crashed is a check error."""
-    from checks.context import CheckContext
-    from checks.engine import run_checks
-    from checks.images import InputError
+    from fixloop.checks.context import CheckContext
+    from fixloop.checks.engine import run_checks
+    from fixloop.checks.images import InputError
 
     ctx = CheckContext.build(decoded, source, None, references, max_side=policy.analysis.max_side)
     report = run_checks(ctx, policy, names=checks)
@@ -255,9 +255,9 @@ def fix(
     """Run one repair tool on IMAGE and write the result (never over an input)."""
     import numpy as np
 
-    from checks.images import InputError, load_image, to_uint8
-    from checks.policy import load_policy
-    from tools.base import RepairError, RepairRequest
+    from fixloop.checks.images import InputError, load_image, to_uint8
+    from fixloop.checks.policy import load_policy
+    from fixloop.tools.base import RepairError, RepairRequest
 
     parameters = _parse_params(param)
     target = out if out is not None else image.with_name(f"{image.stem}-fixed.png")
@@ -270,7 +270,7 @@ def fix(
     fmt = _image_format(target)
     mask_fmt = None if mask_out is None else _image_format(mask_out)
     try:
-        from tools.base import load_tool
+        from fixloop.tools.base import load_tool
 
         spec = load_tool(tool)
     except KeyError as exc:  # an unknown --tool: the registry suggests the closest
@@ -303,7 +303,7 @@ def fix(
         if template is not None and prompt is None and not tool.startswith("local."):
             # A generative tool with a template and no hand-written prompt: render the template,
             # its slots filled from the finding (and the image size for "left hand / right hand").
-            from prompts import render
+            from fixloop.prompts import render
 
             slots = {"image_size": [pixels.shape[1], pixels.shape[0]]}
             rendered = render(template, finding, request=slots)
@@ -355,7 +355,7 @@ def _backend_ready(backend: str, model: Optional[str], policy) -> None:
     import importlib.util
     import os
 
-    from checks.images import InputError
+    from fixloop.checks.images import InputError
 
     if backend == "openai" and not os.environ.get("OPENAI_API_KEY"):
         raise InputError("--backend openai needs an API key: set OPENAI_API_KEY (and OPENAI_BASE_URL for another endpoint)")
@@ -387,11 +387,11 @@ def repair(
     as_json: bool = typer.Option(False, "--json", help="print report.json on stdout (progress stays on stderr)"),
 ) -> None:
     """Repair IMAGE in a checked loop: inspect, fix the worst defect, verify, repeat; write final, report, review."""
-    from agent.progress import ConsoleProgress, ask_approval
-    from agent.runner import new_run_id, resume_run, start_run
-    from agent.state import Budget, RunInputs
-    from checks.images import InputError
-    from checks.policy import load_policy
+    from fixloop.apps.progress import ConsoleProgress, ask_approval
+    from fixloop.agent.runner import new_run_id, resume_run, start_run
+    from fixloop.agent.state import Budget, RunInputs
+    from fixloop.checks.images import InputError
+    from fixloop.checks.policy import load_policy
 
     if (image is None) == (resume is None):
         _fail_input("give IMAGE to start a run, or --resume RUN_ID to continue one (not both)")
@@ -402,7 +402,7 @@ def repair(
     run_id = resume
     try:
         if resume is not None:
-            from agent.runner import load_run
+            from fixloop.agent.runner import load_run
 
             paused = load_run(resume)
             limits = paused.budget.model_copy(update={k: v for k, v in (
@@ -463,9 +463,9 @@ def list_runs_command() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from agent.runner import checkpoint_path, list_runs
+    from fixloop.agent.runner import checkpoint_path, list_runs
 
-    from checks.images import InputError
+    from fixloop.checks.images import InputError
 
     try:
         runs = list_runs()
@@ -487,7 +487,7 @@ def _mask_for(path: Path, decoded, decoded_source):
     import cv2
     import numpy as np
 
-    from checks.images import InputError, load_mask
+    from fixloop.checks.images import InputError, load_mask
 
     region = load_mask(path)
     width, height = decoded.size
@@ -504,8 +504,8 @@ def _mask_for(path: Path, decoded, decoded_source):
 
 def _checks_for(tool: str, template: Optional[str], parameters: dict) -> List[str]:
     """The checks whose finding supplies a repair's region when --mask is missing (none: no check)."""
-    from checks.base import DEFECT_KINDS
-    from checks.images import InputError
+    from fixloop.checks.base import DEFECT_KINDS
+    from fixloop.checks.images import InputError
 
     if tool == "local.expand_canvas":
         return [] if ("aspect" in parameters or "extend" in parameters) else [FINDING_CHECKS[tool]]

@@ -95,7 +95,7 @@ class ConsoleProgress:
                            f"${state.spend.usd:.4f} · {state.spend.seconds:.1f} s")
         for defect in [*state.open_defects.values(), *state.held_back.values()]:
             self.console.print(f"  [yellow]open[/yellow] {defect.kind} ({defect.priority}): {escape(defect.reason)}")
-        from agent.outputs import final_name
+        from fixloop.agent.outputs import final_name
 
         for name in (final_name(state.inputs.output_format), "report.json", "review.png"):
             self.console.print(f"  {escape(state.inputs.out_dir)}/{name}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from checks.report import Report
+from fixloop.checks.report import Report
 
 VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold magenta"}
 PRIORITY_STYLE = {"P0": "bold red", "P1": "yellow", "P2": "cyan"}

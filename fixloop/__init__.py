@@ -1,0 +1,1 @@
+"""fixloop: catch and repair broken image edits."""
