@@ -10,7 +10,7 @@ from fixloop.agent.state import Outcome, RepairReport, RunState
 from fixloop.checks.images import to_uint8
 
 if TYPE_CHECKING:
-    from fixloop.agent.graph import RunContext
+    from fixloop.agent.context import RunContext
 
 FORMAT_SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "TIFF": ".tif"}
 ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}

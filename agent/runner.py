@@ -18,7 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from fixloop.agent.graph import Progress, RunContext, build_graph, recursion_limit
+from fixloop.agent.context import Progress, RunContext
+from fixloop.agent.graph import build_graph, recursion_limit
 from fixloop.agent.state import CHECKPOINT_TYPES, Budget, RunInputs, RunState
 from fixloop.checks.images import InputError
 

@@ -351,7 +351,7 @@ def test_a_cut_off_subject_is_outpainted_on_a_grown_canvas(tmp_path, openai_env,
 def test_on_a_grown_canvas_the_source_is_compared_on_the_old_frame(tmp_path):
     """After an outpaint added strips, the checks still compare the old frame with the source: a
     half-stop darkening is measured there, and the new strips count as edited (no spill)."""
-    from fixloop.agent.graph import RunContext
+    from fixloop.agent.context import RunContext
 
     image = photo("face_harington_01.jpg")
     darker = defects.exposure(image, -0.6).candidate
