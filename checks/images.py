@@ -48,19 +48,34 @@ class DecodedImage:
 
 def load_image(path: str | Path, role: str = "image") -> DecodedImage:
     """Decode ``path`` into a :class:`DecodedImage`; ``role`` names the input in error messages."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     path = Path(path)
     label = f"{role} {str(path)!r}"
     if not path.exists():
         raise InputError(f"{label} does not exist: check the path")
     if not path.is_file():
         raise InputError(f"{label} is not a file: pass an image file")
+    return _decode(path, label, str(path))
+
+
+def load_image_bytes(data: bytes, role: str = "image", name: str = "upload") -> DecodedImage:
+    """Decode an image held in memory (an upload, a chat attachment) exactly as :func:`load_image`
+    decodes a file; ``name`` stands for it in messages and reports."""
+    import io
+
+    if not data:
+        raise InputError(f"{role} {name!r} is empty: send the image file's bytes")
+    return _decode(io.BytesIO(data), f"{role} {name!r}", None)
+
+
+def _decode(source, label: str, path: str | None) -> DecodedImage:
+    """Open, fully load and orient one image (a path or a file object); every failure is an InputError."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(source) as opened:
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
                 mode = opened.mode
@@ -72,7 +87,7 @@ def load_image(path: str | Path, role: str = "image") -> DecodedImage:
         raise InputError(f"{label} is not an image Pillow can read: pass a PNG, JPEG, WebP or TIFF") from None
     except OSError as exc:
         raise InputError(f"{label} could not be decoded ({exc}): the file is truncated or corrupt, export it again") from None
-    return decoded_from_pil(image, str(path), mode)
+    return decoded_from_pil(image, path, mode)
 
 
 def decoded_from_pil(image, path: str | None = None, mode: str | None = None) -> DecodedImage:
@@ -124,7 +139,11 @@ def load_mask(path: str | Path) -> np.ndarray:
     A mask given as a transparent PNG in the GPT Image convention (alpha 0 = edit here) is read from
     its alpha channel instead.
     """
-    decoded = load_image(path, role="mask")
+    return mask_from_decoded(load_image(path, role="mask"))
+
+
+def mask_from_decoded(decoded: DecodedImage) -> np.ndarray:
+    """The edit mask a decoded image stands for (see :func:`load_mask`)."""
     rgb = decoded.rgb
     if decoded.alpha is not None and float(np.ptp(rgb)) < 1e-6:
         return decoded.alpha < 0.5
