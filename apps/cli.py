@@ -45,30 +45,15 @@ def check(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for report.json and finding masks"),
 ) -> None:
     """Inspect CANDIDATE for defects; compare it with --source when given."""
-    from fixloop.checks.engine import check_files
+    from fixloop.agent import service
     from fixloop.checks.images import InputError
-    from fixloop.checks.policy import load_policy
 
     try:
-        loaded_policy = load_policy(policy)
-        report = check_files(
-            str(candidate),
-            None if source is None else str(source),
-            None if mask is None else str(mask),
-            [str(r) for r in reference],
-            [str(h) for h in history],
-            policy=loaded_policy,
-            names=only or None,
-        )
+        report = service.check(candidate, source, mask, reference, history, policy=policy, only=only or None)
         if out is not None:
-            protected = [candidate, source, mask, policy, *reference, *history]
-            report.write(out, protected=[p for p in protected if p is not None])
+            service.write_check_report(report, out, protected=[candidate, source, mask, policy, *reference, *history])
     except InputError as exc:
         _fail_input(str(exc))
-    except KeyError as exc:  # an unknown --only name: the registry suggests the closest
-        _fail_input(str(exc.args[0]))
-    except OSError as exc:
-        _fail_input(f"could not write to {str(out)!r} ({exc.strerror}): choose a writable --out folder")
 
     if as_json:
         sys.stdout.write(report.to_json() + "\n")
@@ -169,77 +154,15 @@ def example(
 
 # ---- fix: one repair tool by hand ------------------------------------------------------------------
 
-# Local tools that take their region (and settings) from a check's finding when no --mask is given.
-FINDING_CHECKS = {"local.defringe": "edge_halo", "local.expand_canvas": "subject_cropped"}
-# Local tools that cannot run without --mask and no check can stand in for it.
-MASK_REQUIRED = {
-    "local.composite_back": "the edit mask (--mask): outside it the source is restored",
-    "local.crop_first": "the region to repair (--mask), or repair=local.defringe to take it from edge_halo",
-}
-
-
-def _parse_params(items: List[str]) -> dict:
-    """``k=v`` pairs; a value that reads as JSON (numbers, true/false, lists, objects) is taken as such."""
-    import json
-
-    parsed = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            _fail_input(f"--param {item!r} is not KEY=VALUE")
-        try:
-            parsed[key.strip()] = json.loads(value)
-        except ValueError:
-            parsed[key.strip()] = value
-    return parsed
-
-
-def _image_format(path: Path) -> str:
-    from PIL import Image
-
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None or fmt not in Image.SAVE:
-        _fail_input(f"cannot write {str(path)!r}: give the output a .png, .jpg, .webp or .tif name")
-    return fmt
-
-
-def _save_image(array, path: Path, fmt: str) -> None:
-    from PIL import Image
-
-    from fixloop.checks.report import atomic_path
-
-    image = Image.fromarray(array)
-    if fmt == "JPEG" and image.mode == "RGBA":
-        image = image.convert("RGB")
-    with atomic_path(path) as tmp:
-        image.save(tmp, format=fmt)
-
-
-def _finding_for(checks: List[str], decoded, source, references, policy):
-    """Run ``checks`` on the image; the first finding (one with a region first), or None.
-    A check that cannot run is an input error; a check that crashed is a check error."""
-    from fixloop.checks.context import CheckContext
-    from fixloop.checks.engine import run_checks
-    from fixloop.checks.images import InputError
-
-    ctx = CheckContext.build(decoded, source, None, references, max_side=policy.analysis.max_side)
-    report = run_checks(ctx, policy, names=checks)
-    for run in report.checks:
-        if run.status.value == "error":
-            typer.echo(f"fixloop: {run.name} failed while looking for the region: {run.error}", err=True)
-            raise typer.Exit(EXIT_CHECK_ERROR)
-    if all(run.status.value == "skipped" for run in report.checks):
-        reasons = "; ".join(f"{run.name} {run.reason}" for run in report.checks)
-        raise InputError(f"the check that finds the region could not run ({reasons}): pass --mask")
-    with_region = [f for f in report.findings if f.mask is not None]
-    return (with_region or report.findings or [None])[0]
-
 
 @app.command()
 def fix(
     image: Path = typer.Argument(..., help="the image to repair"),
     tool: str = typer.Option(..., "--tool", "-t", help="repair tool, e.g. local.exposure_color, local.defringe, openai"),
-    template: Optional[str] = typer.Option(None, "--template", help="repair template (hands, face, texture-edge, ...)"),
+    template: Optional[str] = typer.Option(None, "--template", help="repair template (hands, face, texture-edge, ...; "
+                                           "fixloop templates lists them)"),
+    slot: List[str] = typer.Option([], "--slot", help="fill a template slot NAME=TEXT (repeatable), e.g. "
+                                    "--slot hand=\"the left hand\"; fixloop templates lists each template's slots"),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="prompt for a generative tool (openai, diffusers)"),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="negative prompt (diffusers)"),
     source: Optional[Path] = typer.Option(None, "--source", "-s", help="the image before the broken edit"),
@@ -253,118 +176,50 @@ def fix(
     policy: Optional[Path] = typer.Option(None, "--policy", "-p", help="TOML policy for the check that finds the region"),
 ) -> None:
     """Run one repair tool on IMAGE and write the result (never over an input)."""
-    import numpy as np
-
-    from fixloop.checks.images import InputError, load_image, to_uint8
-    from fixloop.checks.policy import load_policy
-    from fixloop.tools.base import RepairError, RepairRequest
-
-    parameters = _parse_params(param)
-    target = out if out is not None else image.with_name(f"{image.stem}-fixed.png")
-    inputs = {p.resolve() for p in (image, source, mask, policy, *reference) if p is not None}
-    for path, flag in ((target, "--out"), (mask_out, "--mask-out")):
-        if path is not None and path.resolve() in inputs:
-            _fail_input(f"output {str(path)!r} is one of the inputs: choose another {flag}")
-    if mask_out is not None and mask_out.resolve() == target.resolve():
-        _fail_input("--mask-out and the output image are the same file")
-    fmt = _image_format(target)
-    mask_fmt = None if mask_out is None else _image_format(mask_out)
-    try:
-        from fixloop.tools.base import load_tool
-
-        spec = load_tool(tool)
-    except KeyError as exc:  # an unknown --tool: the registry suggests the closest
-        _fail_input(str(exc.args[0]))
+    from fixloop.agent import service
+    from fixloop.checks.images import InputError
 
     try:
-        loaded_policy = load_policy(policy)
-        decoded = load_image(image, "image")
-        decoded_source = None if source is None else load_image(source, "source")
-        decoded_refs = [load_image(r, "reference") for r in reference]
-        pixels = to_uint8(decoded.pixels)
-        region = None if mask is None else _mask_for(mask, decoded, decoded_source)
-        if region is None and tool in MASK_REQUIRED and parameters.get("repair") not in FINDING_CHECKS:
-            raise InputError(f"{tool} needs {MASK_REQUIRED[tool]}")
-
-        # Without --mask, the region (and for local tools the finding itself) comes from the check
-        # that reports what this repair fixes.
-        checks = [] if region is not None else _checks_for(tool, template, parameters)
-        finding = None
-        if checks:
-            finding = _finding_for(checks, decoded, decoded_source, decoded_refs, loaded_policy)
-            if finding is None:
-                typer.echo(f"{', '.join(checks)}: no finding on {image}, nothing to repair; nothing written")
-                raise typer.Exit(EXIT_PASS)
-            if tool.startswith("local."):
-                parameters["finding"] = finding
-            if tool != "local.expand_canvas":  # that one reads how far to extend, not a region
-                region = finding.mask  # None for a whole-image defect (exposure, colour)
-
-        if template is not None and prompt is None and not tool.startswith("local."):
-            # A generative tool with a template and no hand-written prompt: render the template,
-            # its slots filled from the finding (and the image size for "left hand / right hand").
-            from fixloop.prompts import render
-
-            slots = {"image_size": [pixels.shape[1], pixels.shape[0]]}
-            rendered = render(template, finding, request=slots)
-            prompt = rendered.gpt_image_prompt if tool == "openai" else rendered.positive
-            negative_prompt = negative_prompt or rendered.negative
-            if tool == "diffusers":
-                parameters = {**rendered.diffusion_parameters(), **parameters}
-
-        request = RepairRequest(
-            image=pixels,
-            mask=region,
-            source=None if decoded_source is None else to_uint8(decoded_source.pixels),
-            references=[to_uint8(r.pixels) for r in decoded_refs],
-            prompt=prompt,
-            negative_prompt=negative_prompt,
-            template=template,
-            parameters=parameters,
-        )
-        result = spec.function(request)
-    except (InputError, RepairError) as exc:
+        target = service.fix_target(image, out, mask_out, [image, source, mask, policy, *reference])
+        outcome = service.fix(image, tool, template=template, slots=service.parse_slots(slot), prompt=prompt,
+                              negative_prompt=negative_prompt, source=source, mask=mask, references=reference,
+                              parameters=service.parse_params(param), policy=policy)
+        if outcome.result is None:
+            typer.echo(f"{', '.join(outcome.checked)}: no finding on {image}, nothing to repair; nothing written")
+            raise typer.Exit(EXIT_PASS)
+        for note in service.write_fix(outcome, target, mask_out):
+            typer.echo(f"fixloop: {note}", err=True)
+    except InputError as exc:
         _fail_input(str(exc))
+    except service.CheckFailed as exc:
+        typer.echo(f"fixloop: {exc}", err=True)
+        raise typer.Exit(EXIT_CHECK_ERROR)
 
-    fixed = result.image
-    if decoded.alpha is not None and fixed.shape[:2] == pixels.shape[:2] and fmt != "JPEG":
-        fixed = np.dstack([fixed, to_uint8(decoded.alpha)])  # a cut-out stays a cut-out
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _save_image(fixed, target, fmt)
-        if mask_out is not None and result.mask is not None:
-            _save_image(result.mask.astype(np.uint8) * 255, mask_out, mask_fmt)
-        elif mask_out is not None:
-            typer.echo(f"fixloop: {result.tool} used no mask; {mask_out} not written", err=True)
-    except OSError as exc:
-        _fail_input(f"could not write {str(target)!r} ({exc.strerror}): choose a writable --out")
-
+    result = outcome.result
     h, w = result.image.shape[:2]
     typer.echo(f"{result.tool}: wrote {target} ({w}x{h}) in {result.seconds:.2f} s, cost ${result.cost_usd:.4f}")
     raise typer.Exit(EXIT_PASS)
 
 
+@app.command("templates")
+def list_templates() -> None:
+    """List the repair templates, what each repairs and the slots --slot can fill."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from fixloop.agent import service
+
+    console = Console(highlight=False)
+    for info in service.templates():
+        kinds = ", ".join(info.kinds) or "-"
+        console.print(f"[bold]{info.name}[/bold]  ({kinds})")
+        console.print(f"  {escape(info.summary)}")
+        for name, wants in info.slots.items():
+            mark = "" if name not in info.required else " [yellow](needed)[/yellow]"
+            console.print(f"    --slot {name}=...{mark}  {escape(wants)}")
+
+
 # ---- repair: the loop -------------------------------------------------------------------------------
-
-BACKENDS = ("local", "openai", "diffusers")
-OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF"}
-
-
-def _backend_ready(backend: str, model: Optional[str], policy) -> None:
-    """Fail early, in one line, when the backend cannot run at all (no key, no model, no library)."""
-    import importlib.util
-    import os
-
-    from fixloop.checks.images import InputError
-
-    if backend == "openai" and not os.environ.get("OPENAI_API_KEY"):
-        raise InputError("--backend openai needs an API key: set OPENAI_API_KEY (and OPENAI_BASE_URL for another endpoint)")
-    if backend == "diffusers":
-        if importlib.util.find_spec("diffusers") is None or importlib.util.find_spec("torch") is None:
-            raise InputError("--backend diffusers needs torch and diffusers: pip install 'fixloop[diffusion]'")
-        if not (model or policy.repair.diffusers_model or os.environ.get("FIXLOOP_DIFFUSION_MODEL")):
-            raise InputError("--backend diffusers needs an inpainting checkpoint: pass --model PATH_OR_HUB_ID "
-                             "or set FIXLOOP_DIFFUSION_MODEL")
 
 
 @app.command()
@@ -387,54 +242,26 @@ def repair(
     as_json: bool = typer.Option(False, "--json", help="print report.json on stdout (progress stays on stderr)"),
 ) -> None:
     """Repair IMAGE in a checked loop: inspect, fix the worst defect, verify, repeat; write final, report, review."""
+    from fixloop.agent import service
     from fixloop.apps.progress import ConsoleProgress, ask_approval
-    from fixloop.agent.runner import new_run_id, resume_run, start_run
-    from fixloop.agent.state import Budget, RunInputs
     from fixloop.checks.images import InputError
-    from fixloop.checks.policy import load_policy
 
     if (image is None) == (resume is None):
         _fail_input("give IMAGE to start a run, or --resume RUN_ID to continue one (not both)")
-    if backend not in BACKENDS:
-        _fail_input(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
     progress = ConsoleProgress()
     approver = ask_approval(progress.console) if approve else None
     run_id = resume
     try:
         if resume is not None:
-            from fixloop.agent.runner import load_run
-
-            paused = load_run(resume)
-            limits = paused.budget.model_copy(update={k: v for k, v in (
-                ("max_passes", budget_passes), ("max_usd", budget_usd), ("max_seconds", budget_seconds))
-                if v is not None})
-            if not paused.finished or limits != paused.budget:  # the backend must still be usable
-                _backend_ready(paused.inputs.backend, paused.inputs.model, load_policy(paused.inputs.policy))
-            state = resume_run(resume, progress=progress, approver=approver or (ask_approval(progress.console)),
-                               budget=limits)
+            state = service.resume_repair(resume, progress=progress, approver=approver or ask_approval(progress.console),
+                                          max_passes=budget_passes, max_usd=budget_usd, max_seconds=budget_seconds)
         else:
-            loaded = load_policy(policy)
-            _backend_ready(backend, model, loaded)
-            settings = loaded.repair
-            budget = Budget(max_passes=settings.max_passes if budget_passes is None else budget_passes,
-                            max_usd=settings.max_usd if budget_usd is None else budget_usd,
-                            max_seconds=settings.max_seconds if budget_seconds is None else budget_seconds)
-            run_id = new_run_id()
-            folder = (out or Path("fixloop-runs") / run_id).resolve()
-            inputs_given = [p.resolve() for p in (image, source, mask, policy, *reference) if p is not None]
-            if folder in inputs_given or any(p.parent == folder and p.name.startswith(("final.", "review.", "report."))
-                                             for p in inputs_given):
-                raise InputError(f"--out {str(out)!r} would overwrite an input: choose another folder")
-            if (folder / "report.json").exists() or (folder / "attempts").exists():
-                raise InputError(f"--out {str(folder)!r} already holds another run: choose a new folder "
-                                 "(or --resume that run)")
-            inputs = RunInputs(
-                image=str(image.resolve()), source=None if source is None else str(source.resolve()),
-                mask=None if mask is None else str(mask.resolve()), references=[str(r.resolve()) for r in reference],
-                policy=None if policy is None else str(policy.resolve()), backend=backend, model=model,
-                polish=settings.polish if polish is None else polish, approve=approve, seed=settings.seed,
-                out_dir=str(folder), output_format=OUTPUT_FORMATS.get(image.suffix.lower(), "PNG"))
-            state = start_run(inputs, budget, progress=progress, approver=approver, run_id=run_id)
+            run_id = service.new_run_id()
+            order = service.RepairOrder(
+                image=image, source=source, mask=mask, references=reference, backend=backend, model=model,
+                max_passes=budget_passes, max_usd=budget_usd, max_seconds=budget_seconds, out=out,
+                approve=approve, polish=polish, policy=policy, run_id=run_id)
+            state = service.start_repair(order, progress=progress, approver=approver)
     except InputError as exc:
         progress.stop()
         _fail_input(str(exc))
@@ -463,15 +290,14 @@ def list_runs_command() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from fixloop.agent.runner import checkpoint_path, list_runs
-
+    from fixloop.agent import service
     from fixloop.checks.images import InputError
 
     try:
-        runs = list_runs()
+        runs = service.list_runs()
     except InputError as exc:
         _fail_input(str(exc))
-    table = Table(title=f"fixloop runs ({checkpoint_path()})")
+    table = Table(title=f"fixloop runs ({service.checkpoint_path()})")
     table.add_column("run id", no_wrap=True)
     for column in ("image", "backend", "status", "passes", "spent", "folder"):
         table.add_column(column, overflow="fold")
@@ -480,45 +306,6 @@ def list_runs_command() -> None:
         table.add_row(state.run_id, Path(state.inputs.image).name, state.inputs.backend, status,
                       str(state.spend.passes), f"${state.spend.usd:.4f}", state.inputs.out_dir)
     Console().print(table)
-
-
-def _mask_for(path: Path, decoded, decoded_source):
-    """--mask at the image's size (a mask at the source's size is scaled when the framing matches)."""
-    import cv2
-    import numpy as np
-
-    from fixloop.checks.images import InputError, load_mask
-
-    region = load_mask(path)
-    width, height = decoded.size
-    if region.shape != (height, width):
-        sw, sh = decoded_source.size if decoded_source is not None else (0, 1)
-        if region.shape != (sh, sw) or abs((width / height) / (sw / sh) - 1) > 0.03:
-            raise InputError(f"mask {str(path)!r} is {region.shape[1]}x{region.shape[0]} but the image is "
-                             f"{width}x{height}: export the mask at the image's size")
-        region = cv2.resize(region.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
-    if not region.any():
-        raise InputError(f"mask {str(path)!r} is empty (no white pixels): paint the area to repair in white")
-    return region
-
-
-def _checks_for(tool: str, template: Optional[str], parameters: dict) -> List[str]:
-    """The checks whose finding supplies a repair's region when --mask is missing (none: no check)."""
-    from fixloop.checks.base import DEFECT_KINDS
-    from fixloop.checks.images import InputError
-
-    if tool == "local.expand_canvas":
-        return [] if ("aspect" in parameters or "extend" in parameters) else [FINDING_CHECKS[tool]]
-    if tool in FINDING_CHECKS:
-        return [FINDING_CHECKS[tool]]
-    if tool == "local.crop_first":
-        return [FINDING_CHECKS[parameters["repair"]]] if parameters.get("repair") in FINDING_CHECKS else []
-    if template is None or tool.startswith("local."):
-        return []
-    kinds = [k.name for k in DEFECT_KINDS.values() if k.template == template]
-    if not kinds:
-        raise InputError(f"no check reports defects for template {template!r}: pass --mask")
-    return kinds
 
 
 def main() -> None:
