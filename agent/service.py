@@ -392,7 +392,7 @@ def templates() -> list[TemplateInfo]:
         t = load_template(name)
         slots = {slot: s.help + (f" (default: {s.default})" if s.default else "") for slot, s in t.slots.items()}
         found.append(TemplateInfo(name=name, summary=t.summary, kinds=list(t.kinds), slots=slots,
-                                  required=list(t.required_slots())))
+                                  required=list(t.required_slots)))
     return found
 
 

@@ -209,14 +209,21 @@ def list_templates() -> None:
 
     from fixloop.agent import service
 
+    import textwrap
+
     console = Console(highlight=False)
+    width = max(40, min(console.width, 100))
+
+    def wrapped(text: str, indent: int) -> str:
+        return escape(textwrap.fill(text, width, initial_indent=" " * indent, subsequent_indent=" " * indent))
+
     for info in service.templates():
-        kinds = ", ".join(info.kinds) or "-"
-        console.print(f"[bold]{info.name}[/bold]  ({kinds})")
-        console.print(f"  {escape(info.summary)}")
+        console.print(f"[bold]{info.name}[/bold]  ({', '.join(info.kinds) or '-'})")
+        console.print(wrapped(info.summary, 2))
         for name, wants in info.slots.items():
-            mark = "" if name not in info.required else " [yellow](needed)[/yellow]"
-            console.print(f"    --slot {name}=...{mark}  {escape(wants)}")
+            needed = " [yellow](needed)[/yellow]" if name in info.required else ""
+            console.print(f"    --slot {name}=TEXT{needed}")
+            console.print(wrapped(wants, 8))
 
 
 # ---- repair: the loop -------------------------------------------------------------------------------
