@@ -42,6 +42,7 @@ def check(
     policy: Optional[Path] = typer.Option(None, "--policy", "-p", help="TOML policy laid over the defaults"),
     only: List[str] = typer.Option([], "--only", help="run only this check (repeatable)"),
     as_json: bool = typer.Option(False, "--json", help="print the report as one JSON object on stdout"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print the verdict line only"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for report.json and finding masks"),
 ) -> None:
     """Inspect CANDIDATE for defects; compare it with --source when given."""
@@ -58,9 +59,9 @@ def check(
     if as_json:
         sys.stdout.write(report.to_json() + "\n")
     else:
-        from fixloop.apps.render import print_report
+        from fixloop.apps.render import print_report, print_verdict
 
-        print_report(report)
+        (print_verdict if quiet else print_report)(report)
     raise typer.Exit(VERDICT_EXIT[report.verdict])
 
 
@@ -68,20 +69,24 @@ def check(
 def list_checks() -> None:
     """List the registered checks with their stage, priority and required inputs."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.text import Text
 
+    from fixloop.apps.text import columns, wrap
     from fixloop.checks.base import REGISTRY
     from fixloop.checks.policy import load_policy
 
+    console = Console(highlight=False)
     policy = load_policy()
-    table = Table(title="fixloop checks")
-    for column in ("check", "stage", "priority", "needs", "what it measures"):
-        table.add_column(column)
-    for spec in REGISTRY:
-        params = policy.params(spec.name)
-        table.add_row(spec.name, spec.kind.stage.value, params.priority.value,
-                      ", ".join(spec.requires) or "-", spec.description)
-    Console().print(table)
+    specs = list(REGISTRY)
+    name_width = max(len(spec.name) for spec in specs)
+    console.print(Text(columns(["check", "priority", "stage", "needs"], [name_width, 8, 9, 0]), style="bold"),
+                  soft_wrap=True)
+    for spec in specs:
+        row = [spec.name, policy.params(spec.name).priority.value, spec.kind.stage.value,
+               ", ".join(spec.requires) or "-"]
+        console.print(columns(row, [name_width, 8, 9, 0]), soft_wrap=True)
+        for line in wrap(spec.description, console.width, 4):
+            console.print(Text(line, style="dim"), soft_wrap=True)
 
 
 @app.command("models")
@@ -247,6 +252,7 @@ def repair(
     polish: Optional[bool] = typer.Option(None, "--polish/--no-polish", help="also repair P2 findings at the end"),
     policy: Optional[Path] = typer.Option(None, "--policy", "-p", help="TOML policy laid over the defaults"),
     as_json: bool = typer.Option(False, "--json", help="print report.json on stdout (progress stays on stderr)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress; print the final verdict line only"),
 ) -> None:
     """Repair IMAGE in a checked loop: inspect, fix the worst defect, verify, repeat; write final, report, review."""
     from fixloop.agent import service
@@ -255,7 +261,10 @@ def repair(
 
     if (image is None) == (resume is None):
         _fail_input("give IMAGE to start a run, or --resume RUN_ID to continue one (not both)")
-    progress = ConsoleProgress()
+    from rich.console import Console
+
+    # --quiet silences progress, but never a question the run must ask (--approve)
+    progress = ConsoleProgress(Console(stderr=True, highlight=False, soft_wrap=True, quiet=quiet and not approve))
     approver = ask_approval(progress.console) if approve else None
     run_id = resume
     try:
@@ -284,6 +293,9 @@ def repair(
     if as_json:
         report = Path(state.inputs.out_dir) / "report.json"
         sys.stdout.write(report.read_text(encoding="utf-8") if report.exists() else "{}\n")
+    if quiet and state.finished:
+        typer.echo(f"verdict: {(state.verdict or 'error').upper()}  {state.spend.passes} pass(es) · "
+                   f"${state.spend.usd:.4f} · {state.stop_reason}")
     if not state.finished:
         typer.echo(f"fixloop: run {state.run_id} is paused before a paid repair; continue it with "
                    f"fixloop repair --resume {state.run_id}", err=True)
@@ -295,24 +307,31 @@ def repair(
 def list_runs_command() -> None:
     """List the repair runs in the checkpoint file, newest first (ids for --resume)."""
     from rich.console import Console
-    from rich.table import Table
+    from rich.text import Text
 
     from fixloop.agent import service
+    from fixloop.apps.text import columns, shorten_left, wrap
     from fixloop.checks.images import InputError
 
     try:
         runs = service.list_runs()
     except InputError as exc:
         _fail_input(str(exc))
-    table = Table(title=f"fixloop runs ({service.checkpoint_path()})")
-    table.add_column("run id", no_wrap=True)
-    for column in ("image", "backend", "status", "passes", "spent", "folder"):
-        table.add_column(column, overflow="fold")
+    console = Console(highlight=False)
+    width = console.width
+    for line in wrap(f"fixloop runs in {service.checkpoint_path()}", width):
+        console.print(Text(line, style="bold"), soft_wrap=True)
+    if not runs:
+        console.print("no runs yet", soft_wrap=True)
     for state in runs:
         status = (state.stop_reason or "finished") if state.finished else "interrupted: --resume it"
-        table.add_row(state.run_id, Path(state.inputs.image).name, state.inputs.backend, status,
-                      str(state.spend.passes), f"${state.spend.usd:.4f}", state.inputs.out_dir)
-    Console().print(table)
+        head = columns([state.run_id, state.inputs.backend, f"{state.spend.passes} pass(es)",
+                        f"${state.spend.usd:.4f}", state.verdict or "-"], [22, 9, 10, 8, 0])
+        console.print(Text(head, style="cyan"), soft_wrap=True)
+        image = shorten_left(state.inputs.image, width - 12)
+        folder = shorten_left(state.inputs.out_dir, width - 12)
+        for line in [f"    image   {image}", f"    folder  {folder}", *wrap(status, width, 4)]:
+            console.print(line, soft_wrap=True)
 
 
 def main() -> None:

@@ -1,10 +1,17 @@
-"""Human-readable report: a Rich table of findings in repair order, what each check did, the verdict."""
+"""The check report on a terminal: findings in repair order, what each check did, the verdict.
+
+Each finding is one row (priority, kind, stage, what was measured against its limit, where) with its
+message on indented lines under it, wrapped between words, so the output reads at 80 columns and
+uses the room of a wide terminal. Kinds and check names are never broken; paths that cannot fit are
+shortened from the left.
+"""
 
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table
+from rich.text import Text
 
+from fixloop.apps.text import shorten_left, wrap
 from fixloop.checks.report import Report
 
 VERDICT_STYLE = {"pass": "bold green", "fail": "bold red", "error": "bold magenta"}
@@ -15,43 +22,65 @@ def _number(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
 
+def _say(console: Console, line: str, style: str = "") -> None:
+    console.print(Text(line, style=style), soft_wrap=True)
+
+
+def print_verdict(report: Report, console: Console | None = None) -> None:
+    """The one line ``--quiet`` prints."""
+    console = console or Console()
+    counts = {p: sum(1 for f in report.findings if f.priority.value == p) for p in ("P0", "P1", "P2")}
+    line = Text.assemble(("verdict: ", ""), (report.verdict.upper(), VERDICT_STYLE[report.verdict]),
+                         f"  P0 {counts['P0']} · P1 {counts['P1']} · P2 {counts['P2']}  ({report.seconds:.2f} s)")
+    console.print(line, soft_wrap=True)
+
+
 def print_report(report: Report, console: Console | None = None) -> None:
     console = console or Console()
+    width = console.width
     inputs = report.inputs
-    console.print(f"[bold]candidate[/] {inputs.candidate}  ({inputs.candidate_size[0]}x{inputs.candidate_size[1]})")
-    if inputs.source:
-        console.print(f"[bold]source[/]    {inputs.source}  ({inputs.source_size[0]}x{inputs.source_size[1]})")
-    if inputs.mask:
-        console.print(f"[bold]mask[/]      {inputs.mask}")
+    for role, path, size in (("candidate", inputs.candidate, inputs.candidate_size),
+                             ("source", inputs.source, inputs.source_size), ("mask", inputs.mask, None)):
+        if role != "candidate" and not path:
+            continue
+        tail = "" if not size else f"  ({size[0]}x{size[1]})"
+        shown = shorten_left(path or "<in memory>", max(12, width - 11 - len(tail)))
+        _say(console, f"{role:<10}{shown}{tail}")
     for note in inputs.notes:
-        console.print(f"[dim]note: {note}[/]")
+        for line in wrap(f"note: {note}", width, 0, 4):
+            _say(console, line, "dim")
 
     if report.findings:
-        table = Table(title="findings (repair order)", show_lines=False)
-        for column in ("kind", "priority", "stage", "measured", "limit", "where", "message"):
-            table.add_column(column, overflow="fold")
+        _say(console, "findings, in repair order:", "bold")
+        kind_width = max(len(f.kind) for f in report.findings)
         for finding in report.findings:
             box = finding.region.box if finding.region and finding.region.box else None
-            table.add_row(
-                finding.kind,
-                f"[{PRIORITY_STYLE[finding.priority.value]}]{finding.priority.value}[/]",
-                finding.stage.value,
-                f"{_number(finding.score)} {finding.unit}",
-                f"{_number(finding.threshold)}",
-                "-" if box is None else f"{box[0]},{box[1]}-{box[2]},{box[3]}",
-                finding.message,
-            )
-        console.print(table)
+            measured = f"{_number(finding.score)} {finding.unit} (limit {_number(finding.threshold)})"
+            where = "" if box is None else f"at {box[0]},{box[1]}-{box[2]},{box[3]}"
+            head = f"{finding.kind:<{kind_width}}  {finding.stage.value:<9}"
+            priority = finding.priority.value
+            line = Text.assemble("  ", (priority, PRIORITY_STYLE[priority]), f"  {head}")
+            rest = f"{measured}  {where}".rstrip()
+            if len(line.plain) + 2 + len(rest) <= width:
+                line.append(f"  {rest}")
+                console.print(line, soft_wrap=True)
+            else:
+                console.print(line, soft_wrap=True)
+                for text in wrap(rest, width, 6):
+                    _say(console, text)
+            for text in wrap(finding.message, width, 6):
+                _say(console, text)
     else:
-        console.print("no defects found by the checks that ran")
+        _say(console, "no defects found by the checks that ran")
 
-    skipped = [c for c in report.checks if c.status.value == "skipped"]
-    errors = [c for c in report.checks if c.status.value == "error"]
-    ran = [c for c in report.checks if c.status.value == "ok"]
-    console.print(f"[dim]checks run: {', '.join(c.name for c in ran) or 'none'}[/]")
-    for run in skipped:
-        console.print(f"[dim]skipped {run.name}: {run.reason}[/]")
-    for run in errors:
-        console.print(f"[bold magenta]error in {run.name}: {run.error}[/]")
-    style = VERDICT_STYLE[report.verdict]
-    console.print(f"verdict: [{style}]{report.verdict.upper()}[/]  ({report.seconds:.2f} s)")
+    ran = [c.name for c in report.checks if c.status.value == "ok"]
+    for line in wrap(f"checks run: {', '.join(ran) or 'none'}", width, 0, 4):
+        _say(console, line, "dim")
+    for run in report.checks:
+        if run.status.value == "skipped":
+            for line in wrap(f"skipped {run.name}: {run.reason}", width, 0, 4):
+                _say(console, line, "dim")
+        elif run.status.value == "error":
+            for line in wrap(f"error in {run.name}: {run.error}", width, 0, 4):
+                _say(console, line, "bold magenta")
+    print_verdict(report, console)
