@@ -334,8 +334,24 @@ def list_runs_command() -> None:
             console.print(line, soft_wrap=True)
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The console script. Usage errors (no argument, an unknown option, a value out of range) are one
+    ``fixloop: ...`` line and exit 2, like every other refusal; ``--help`` is Typer's own."""
+    # Typer 0.29 carries its own copy of click; its usage errors are these classes
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
+    try:
+        code = app(args=argv, standalone_mode=False, prog_name="fixloop")
+    except NoArgsIsHelpError:  # `fixloop` alone: Typer has printed the help
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "fixloop"
+        typer.echo(f"fixloop: {exc.format_message()} (see {command} --help)", err=True)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except typer.Abort:
+        typer.echo("fixloop: interrupted", err=True)
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -122,3 +122,20 @@ def test_help_and_schema():
     assert fixloop("--help").returncode == 0
     schema = json.loads(fixloop("schema").stdout)
     assert schema["title"] == "Report" and "findings" in schema["properties"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["check"], "Missing argument 'candidate'"),
+    (["check", "x.png", "--bogus"], "No such option: --bogus"),
+    (["repair", "x.png", "--budget-passes", "-1"], "'--budget-passes'"),
+    (["repair", "x.png", "--budget-usd", "nan"], "'--budget-usd'"),
+    (["repair", "x.png", "--budget-seconds", "0"], "'--budget-seconds'"),
+    (["no-such-command"], "No such command"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, message, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "fixloop.apps.cli", *args], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("fixloop: ") and result.stderr.count("\n") == 1 and message in result.stderr
+    assert list(tmp_path.iterdir()) == []
