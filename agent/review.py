@@ -4,23 +4,33 @@ The failure library's rule for the record of a repair: a three-panel sheet, inpu
 output, then a second row of 200 % close-ups for detail repairs, then a footer with every parameter that
 matters for reproduction. The sheet is laid out top to bottom:
 
-* header: the run's title and the input and output sizes;
-* row 1, three panels scaled to ``panel_height`` (aspect kept): the run's input; the first control map a
-  repair used, or else the union of the repairs' masks as a translucent tint with its outline over the
-  input (over the output when the masks have the output's geometry and the input's differs), or else the
-  input dimmed ("whole image (no mask)", e.g. a global exposure pass); the run's final output;
+* header: the run's title and the input and output sizes. A run with no accepted repair says so here:
+  "nothing was repaired: <first note>", then the caller's other notes (the stop reason comes first);
+* row 1, three panels scaled to ``panel_height`` (aspect kept): the run's input; the middle panel, which
+  shows what its title says: the first control map a repair used ("control map"), or else the union of the
+  repairs' masks as a translucent tint with its outline over the input (over the output when the masks have
+  the output's geometry and the input's differs) ("repair mask"). A repair without a mask could change every
+  pixel (e.g. a global exposure pass): when no repair had a mask the whole input is tinted and the outline
+  runs along the frame ("repair mask: whole image"), and when only some had one the frame outline is added
+  to their masks and the title counts the whole-image repairs. Then the run's final output.
+  A run with no accepted repair shows the input once ("input ... (output unchanged)"), not three copies of
+  it; input | output only if the caller's output differs from the input anyway;
 * row 2, only when a repair has stage "detail": for each detail repair (the first four) a before | after
   pair of 200 % close-ups. The window is the repair's box (or its mask's bounding box) padded by 25 % per
   side and clamped to the image; the before window is the same box scaled to the before image's size.
   Each crop is enlarged 2x with nearest-neighbour (every source pixel becomes a 2 x 2 block, so the
   close-up shows the real pixels, not a resampler's guess). A window whose 2x would pass
   ``CLOSEUP_MAX_SIDE`` is shrunk around the box centre instead, so the close-up stays a true 200 %;
-* footer: per repair its title and stage, then every field of ``FOOTER_FIELDS`` as "label: value", with
-  "-" for a field the repair did not use, so the reader sees the same fields every time and can tell a
-  default from a gap; then the caller's notes (stop reason, open defects, spend).
+* footer: per repair its title and stage, then "backend/model: ..." (always; "-" when unknown) and only
+  those other ``FOOTER_FIELDS`` the repair used, as "label: value": a local repair shows its backend and
+  nothing else, a diffusers repair its size, denoise, CFG, steps, ... A zero (seed 0) is a value, not a gap;
+  a field is left out when its parameter is missing, None or "", a control scale when no control was used,
+  a reference scale when no IP-Adapter was loaded. Then the caller's notes (stop reason, open defects,
+  spend), unless the header already shows them (nothing repaired).
 
 Why the footer: an accepted repair is only useful as evidence when it can be rerun. Backend/model, size,
-quality, denoise, CFG, steps, sampler, scheduler, seed, control and reference scale are what a rerun needs.
+quality, denoise, CFG, steps, sampler, scheduler, seed, control and reference scale are what a rerun needs;
+listing the ones a tool never takes would only bury the ones it did.
 
 :func:`review_image` builds the sheet as an array; :func:`render_review` also writes it as a PNG, atomically.
 """
@@ -57,7 +67,7 @@ FOOTER_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("control scale", ("control_scale",)),
     ("reference scale", ("ip_adapter_scale", "reference_scale")),
 )
-UNUSED = "-"
+UNUSED = "-"  # footer_value's answer for a field the repair did not use; footer_lines leaves those out
 
 MAX_CLOSEUPS = 4  # detail repairs shown in the close-up row
 CLOSEUP_MAX_SIDE = 400  # px a close-up may reach after 2x; larger windows are shrunk, never scaled down
@@ -72,7 +82,6 @@ TEXT = (25, 25, 25)
 TEXT_DIM = (100, 100, 100)
 MASK_COLOUR = np.array([255, 0, 110], dtype=np.float32)  # magenta: reads on skin, sky and foliage
 MASK_ALPHA = 0.45
-DIM = 0.45  # brightness of the input when the repairs had no mask
 
 
 @dataclass
@@ -92,9 +101,14 @@ class ReviewRepair:
 # ---- footer text ---------------------------------------------------------------------------------
 
 def footer_lines(repair: ReviewRepair) -> list[str]:
-    """The repair's footer block: "title [stage]", then one "label: value" line per FOOTER_FIELDS entry."""
-    return [f"{repair.title} [{repair.stage}]"] + [f"{label}: {footer_value(repair, label)}"
-                                                    for label, _ in FOOTER_FIELDS]
+    """The repair's footer block: "title [stage]", "backend/model: ...", then one "label: value" line per
+    other FOOTER_FIELDS entry the repair used (in FOOTER_FIELDS order); unused fields are left out."""
+    lines = [f"{repair.title} [{repair.stage}]"]
+    for label, _ in FOOTER_FIELDS:
+        value = footer_value(repair, label)
+        if label == "backend/model" or value != UNUSED:
+            lines.append(f"{label}: {value}")
+    return lines
 
 
 def footer_value(repair: ReviewRepair, label: str) -> str:
@@ -222,20 +236,20 @@ def _as_rgb(control: np.ndarray) -> np.ndarray:
     return np.repeat(control, 3, axis=2) if control.shape[2] == 1 else control
 
 
-def _mask_overlay(base: np.ndarray, mask: np.ndarray, height: int) -> np.ndarray:
-    """``base`` scaled to ``height`` with ``mask`` tinted in and outlined; pixels away from it unchanged."""
+def _mask_overlay(base: np.ndarray, mask: np.ndarray, height: int, frame: bool = False) -> np.ndarray:
+    """``base`` scaled to ``height`` with ``mask`` tinted in and outlined; pixels away from it unchanged.
+    ``frame`` adds the outline of a whole-image mask (along the panel's edge) without its tint."""
     panel = _to_panel(base, height)
     ph, pw = panel.shape[:2]
     coverage = cv2.resize(mask.astype(np.float32), (pw, ph), interpolation=cv2.INTER_AREA) > 0  # any coverage
     tinted = panel[coverage].astype(np.float32) * (1 - MASK_ALPHA) + MASK_COLOUR * MASK_ALPHA
     panel[coverage] = np.clip(np.rint(tinted), 0, 255).astype(np.uint8)
+    colour = tuple(int(c) for c in MASK_COLOUR)
     contours, _ = cv2.findContours(coverage.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    cv2.drawContours(panel, contours, -1, tuple(int(c) for c in MASK_COLOUR), thickness=2)
+    cv2.drawContours(panel, contours, -1, colour, thickness=2)
+    if frame:  # what drawContours draws for a mask covering the whole panel: its 2 px edge
+        panel[:2], panel[-2:], panel[:, :2], panel[:, -2:] = colour, colour, colour, colour
     return panel
-
-
-def _dimmed(image: np.ndarray, height: int) -> np.ndarray:
-    return np.rint(_to_panel(image, height).astype(np.float32) * DIM).astype(np.uint8)
 
 
 def _mask_union(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> tuple[np.ndarray, int]:
@@ -253,25 +267,32 @@ def _mask_union(masks: Sequence[np.ndarray], shape: tuple[int, int]) -> tuple[np
     return union, left_out
 
 
-def _middle_panel(input_image: np.ndarray, output_image: np.ndarray, repairs: Sequence[ReviewRepair],
-                  height: int) -> tuple[np.ndarray, str]:
-    """The middle panel of row 1 and its label: control map, else repair mask, else the dimmed input."""
+def middle_panel(input_image: np.ndarray, output_image: np.ndarray, repairs: Sequence[ReviewRepair],
+                 height: int) -> tuple[np.ndarray, str]:
+    """The middle panel of row 1 (``height`` px high) and its title: the first control map, else the
+    repairs' masks over the input (or output), else the whole-image mask; see the module docstring.
+    ``repairs`` must not be empty (a run without repairs has no middle panel)."""
+    if not repairs:
+        raise ValueError("the middle panel shows the repairs' masks: there are no repairs")
     for repair in repairs:
         if repair.control is not None:
             kind = footer_value(repair, "control")
             label = "control map" if kind == UNUSED or kind.startswith("array") else f"control map: {kind}"
             return _to_panel(_as_rgb(repair.control), height), label
     masks = [repair.mask for repair in repairs if repair.mask is not None]
+    whole = len(repairs) - len(masks)  # repairs without a mask: they could change every pixel
     if not masks:
-        return _dimmed(input_image, height), "whole image (no mask)" if repairs else "no repairs"
+        return _mask_overlay(input_image, np.ones(input_image.shape[:2], bool), height), "repair mask: whole image"
     input_shape, output_shape = input_image.shape[:2], output_image.shape[:2]
     on_output = not any(m.shape == input_shape for m in masks) and any(m.shape == output_shape for m in masks)
     base = output_image if on_output else input_image
     union, left_out = _mask_union(masks, base.shape[:2])
     label = "repair mask" + (" (over output)" if on_output else "")
+    if whole:
+        label += f"; whole image (frame) for {whole} repair{'s' if whole > 1 else ''}"
     if left_out:
         label += f", {left_out} of another shape not drawn"
-    return _mask_overlay(base, union, height), label
+    return _mask_overlay(base, union, height, frame=bool(whole)), label
 
 
 # ---- close-ups -----------------------------------------------------------------------------------
@@ -457,17 +478,39 @@ def _closeup_rows(closeups: Sequence[_Closeup], width: int) -> list[list[_Closeu
     return rows
 
 
+def _size(image: np.ndarray) -> str:
+    return f"{image.shape[1]}x{image.shape[0]}"
+
+
+def header_lines(input_image: np.ndarray, output_image: np.ndarray, repairs: Sequence[ReviewRepair],
+                 title: str = "", notes: Sequence[str] = ()) -> list[str]:
+    """The header's lines before wrapping: the title; for a run with no repair "nothing was repaired:
+    <first note>" and the other notes; then the sizes (and the number of accepted repairs)."""
+    lines = [title] if title else []
+    if not repairs:
+        first, *rest = [str(note) for note in notes] or ["no repair was accepted"]
+        lines += [f"nothing was repaired: {first}", *rest]
+        same = _unchanged(input_image, output_image)
+        lines.append(f"input {_size(input_image)}, output " + ("unchanged" if same else _size(output_image)))
+    else:
+        lines.append(f"input {_size(input_image)}, output {_size(output_image)}, {len(repairs)} accepted repair(s)")
+    return lines
+
+
+def _unchanged(input_image: np.ndarray, output_image: np.ndarray) -> bool:
+    return input_image.shape == output_image.shape and np.array_equal(input_image, output_image)
+
+
 def _footer_text(repairs: Sequence[ReviewRepair], notes: Sequence[str], hidden: int,
                  width: int) -> list[tuple[str, tuple[int, int, int]]]:
-    """Footer lines (wrapped to ``width`` px) with their colours."""
+    """Footer lines (wrapped to ``width`` px) with their colours; without repairs the notes are in the
+    header and the footer is empty."""
     lines: list[tuple[str, tuple[int, int, int]]] = []
     for index, repair in enumerate(repairs, start=1):
         title, *fields = footer_lines(repair)
         lines += [(line, TEXT) for line in _wrap(f"{index}. {title}", width)]
         lines += [(line, TEXT_DIM) for line in _flow(fields, width - 2 * GAP)]
-    if not repairs:
-        lines.append(("no repairs accepted", TEXT))
-    extra = list(notes)
+    extra = list(notes) if repairs else []
     if hidden:
         extra.append(f"{hidden} more detail repair(s) without close-ups (the sheet shows the first {MAX_CLOSEUPS})")
     for note in extra:
@@ -489,20 +532,24 @@ def review_image(input_image: np.ndarray, output_image: np.ndarray, repairs: Seq
     if isinstance(notes, str):
         notes = [notes]
 
-    middle, middle_label = _middle_panel(input_image, output_image, repairs, panel_height)
-    panels = [(_to_panel(input_image, panel_height), f"input {input_image.shape[1]}x{input_image.shape[0]}"),
-              (middle, middle_label),
-              (_to_panel(output_image, panel_height), f"output {output_image.shape[1]}x{output_image.shape[0]}")]
+    input_panel = (_to_panel(input_image, panel_height), f"input {_size(input_image)}")
+    output_panel = (_to_panel(output_image, panel_height), f"output {_size(output_image)}")
+    if repairs:
+        panels = [input_panel, middle_panel(input_image, output_image, repairs, panel_height), output_panel]
+    elif _unchanged(input_image, output_image):
+        panels = [(input_panel[0], f"{input_panel[1]} (output unchanged)")]  # once, not three copies
+    else:
+        panels = [input_panel, output_panel]
     details = [repair for repair in repairs if repair.stage == "detail"]
     closeups = [_closeup(repair) for repair in details[:MAX_CLOSEUPS]]
 
-    top_width = sum(panel.shape[1] for panel, _ in panels) + 2 * GAP
+    top_width = sum(panel.shape[1] for panel, _ in panels) + (len(panels) - 1) * GAP
     content_width = max([top_width] + [closeup.width for closeup in closeups])
     text_width = max(content_width, 200)
     sheet_width = text_width + 2 * MARGIN
-    header = _wrap(title, text_width) if title else []
-    header.append(f"input {input_image.shape[1]}x{input_image.shape[0]}, output "
-                  f"{output_image.shape[1]}x{output_image.shape[0]}, {len(repairs)} accepted repair(s)")
+    *lead, sizes = header_lines(input_image, output_image, repairs, title, notes)
+    header = [(wrapped, TEXT) for line in lead for wrapped in _wrap(line, text_width)]
+    header += [(wrapped, TEXT_DIM) for wrapped in _wrap(sizes, text_width)]
     rows = _closeup_rows(closeups, content_width)
     footer = _footer_text(repairs, notes, len(details) - len(closeups), text_width)
 
@@ -512,8 +559,8 @@ def review_image(input_image: np.ndarray, output_image: np.ndarray, repairs: Seq
     sheet = _Sheet(sheet_width, height)
 
     y = MARGIN
-    for index, line in enumerate(header):
-        sheet.text(MARGIN, y, line, TEXT if index < len(header) - 1 else TEXT_DIM)
+    for line, colour in header:
+        sheet.text(MARGIN, y, line, colour)
         y += LINE_HEIGHT
     y += GAP
     x = MARGIN

@@ -1,5 +1,6 @@
 """The review sheet of agent/review.py on real photos: the three top panels, the mask / control panel,
-the 200 % close-ups, the reproduction footer and the atomic PNG write."""
+the 200 % close-ups, the reproduction footer (only the fields a tool used), the header of a run that
+repaired nothing and the atomic PNG write."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from PIL import Image
 
 from fixloop.agent.review import (
     CLOSEUP_MAX_SIDE,
-    DIM,
     FOOTER_FIELDS,
     GAP,
     LINE_HEIGHT,
+    MARGIN,
+    MASK_ALPHA,
+    MASK_COLOUR,
     ReviewRepair,
     closeup_window,
     footer_lines,
+    header_lines,
+    middle_panel,
     render_review,
     review_image,
 )
@@ -58,6 +63,18 @@ def brighten_inside(image: np.ndarray, mask: np.ndarray, amount: int = 60) -> np
     out = image.copy()
     out[mask] = np.clip(out[mask].astype(np.int16) + amount, 0, 255).astype(np.uint8)
     return out
+
+
+def tinted(panel: np.ndarray) -> np.ndarray:
+    """``panel`` under the mask tint, as the mask overlay draws it (float)."""
+    return panel.astype(np.float32) * (1 - MASK_ALPHA) + MASK_COLOUR * MASK_ALPHA
+
+
+def frame(shape: tuple[int, ...], width: int = 2) -> np.ndarray:
+    """True on the ``width`` px edge of an image of ``shape``."""
+    edge = np.ones(shape[:2], dtype=bool)
+    edge[width:-width, width:-width] = False
+    return edge
 
 
 def rectangle(shape: tuple[int, ...], x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
@@ -128,7 +145,7 @@ def test_control_map_fills_the_middle_panel():
     assert "control: openpose" in footer_lines(repair)
 
 
-def test_no_mask_shows_the_input_dimmed():
+def test_no_mask_shows_the_whole_image_mask():
     image = photo("body_skier_01.jpg")
     output = np.clip(image.astype(np.float32) * 1.3, 0, 255).astype(np.uint8)  # a global exposure pass
     repair = ReviewRepair("pass 1 · exposure_drift (P1)", "light", image, output,
@@ -139,7 +156,34 @@ def test_no_mask_shows_the_input_dimmed():
     x_in, y_in, _ = locate(sheet, panel_in)
     pw = panel_in.shape[1]
     middle = sheet[y_in:y_in + PANEL, x_in + pw + GAP:x_in + 2 * pw + GAP].astype(np.float32)
-    assert np.abs(middle - panel_in.astype(np.float32) * DIM).max() <= 1
+    edge = frame(middle.shape)
+    assert np.abs(middle - tinted(panel_in))[~edge].max() <= 1  # the mask tint over the whole input
+    assert (middle[edge] == MASK_COLOUR).all()  # its outline is the frame
+    assert np.abs(middle - scaled(output).astype(np.float32)).mean() > 20  # not to be taken for the output
+    panel, label = middle_panel(image, output, [repair], PANEL)
+    assert label == "repair mask: whole image" and np.array_equal(panel, middle.astype(np.uint8))
+
+
+def test_a_maskless_repair_beside_masked_ones_adds_the_frame():
+    image = photo("face_obama_01.jpg")
+    mask = rectangle(image.shape, 250, 300, 650, 700)
+    lit = np.clip(image.astype(np.float32) * 1.2, 0, 255).astype(np.uint8)
+    output = brighten_inside(lit, mask)
+    repairs = [ReviewRepair("pass 1 · exposure", "light", image, lit, parameters={"tool": "local.exposure_color"}),
+               ReviewRepair("pass 2 · local", "structure", lit, output, mask=mask, parameters={"tool": "x"})]
+    panel, label = middle_panel(image, output, repairs, PANEL)
+    assert label == "repair mask; whole image (frame) for 1 repair"
+
+    panel_in = scaled(image).astype(np.int16)
+    change = np.abs(panel.astype(np.int16) - panel_in).sum(axis=2)
+    covered = cv2.resize(mask.astype(np.float32), panel.shape[1::-1], interpolation=cv2.INTER_AREA) > 0
+    kernel = np.ones((7, 7), np.uint8)
+    inside = cv2.erode(covered.astype(np.uint8), kernel).astype(bool)
+    outside = ~cv2.dilate(covered.astype(np.uint8), kernel).astype(bool)
+    edge = frame(panel.shape)
+    assert change[inside].mean() > 40  # the local mask is tinted
+    assert change[outside & ~frame(panel.shape, 4)].max() == 0  # the rest is the input, untinted
+    assert (panel[edge] == MASK_COLOUR).all()  # the whole-image repair: the frame
 
 
 def test_canvas_expansion_draws_the_mask_over_the_output():
@@ -165,11 +209,28 @@ def test_canvas_expansion_draws_the_mask_over_the_output():
     assert "size: 800x425" in footer_lines(repair)
 
 
-def test_empty_run_still_shows_input_and_output():
+def test_nothing_repaired_shows_the_input_once_and_says_so():
     image = photo("body_skier_01.jpg")
-    sheet = review_image(image, image, [], title="nothing to repair", notes=["stop: no defects"], panel_height=PANEL)
-    _, _, diff = locate(sheet, scaled(image))
+    notes = ["stop: clean: no P0/P1 defect left", "0 pass(es), 0 accepted, $0.0000 spent, 2.7 s"]
+    sheet = review_image(image, image, [], title="run x", notes=notes, panel_height=PANEL)
+    panel_in = scaled(image)
+    x_in, y_in, diff = locate(sheet, panel_in)
     assert diff < 0.5
+    assert sheet.shape[1] == max(panel_in.shape[1], 200) + 2 * MARGIN  # one panel: no copies beside it
+    assert header_lines(image, image, [], "run x", notes) == [
+        "run x", "nothing was repaired: stop: clean: no P0/P1 defect left", notes[1],
+        "input 640x425, output unchanged"]
+    assert y_in == MARGIN + 4 * LINE_HEIGHT + GAP + LINE_HEIGHT  # four header lines, the panel's title, the panel
+    assert sheet.shape[0] == y_in + PANEL + 2 * GAP + MARGIN  # no footer: the notes are in the header
+    assert header_lines(image, image, [])[0] == "nothing was repaired: no repair was accepted"
+
+    other = np.ascontiguousarray(image[:, ::-1])  # an output that differs all the same: input | output
+    sheet = review_image(image, other, [], notes=notes, panel_height=PANEL)
+    x_in, y_in, _ = locate(sheet, panel_in)
+    x_out, y_out, diff_out = locate(sheet, scaled(other))
+    assert diff_out < 0.5 and y_out == y_in and x_out == x_in + panel_in.shape[1] + GAP
+    assert sheet.shape[1] == 2 * panel_in.shape[1] + GAP + 2 * MARGIN
+    assert header_lines(image, other, [], notes=notes)[-1] == "input 640x425, output 640x425"
 
 
 # ---- row 2: close-ups ------------------------------------------------------------------------------
@@ -256,34 +317,39 @@ def test_at_most_four_closeups():
 
 # ---- footer ----------------------------------------------------------------------------------------
 
-def test_footer_lists_every_field_with_a_dash_for_unused_ones():
+def test_footer_lists_only_the_fields_the_tool_used():
     image = photo("body_skier_01.jpg")
     repair = ReviewRepair("pass 2 · hand_malformed (P0) · openai gpt-image-2", "structure", image, image,
                           parameters=dict(OPENAI))
     lines = footer_lines(repair)
-    assert lines[0] == "pass 2 · hand_malformed (P0) · openai gpt-image-2 [structure]"
-    assert [line.split(":")[0] for line in lines[1:]] == [label for label, _ in FOOTER_FIELDS]
-    assert lines[1:4] == ["backend/model: openai gpt-image-2", "size: 1024x1536", "quality: high"]
-    assert all(line.endswith(": -") for line in lines[4:])
+    assert lines == ["pass 2 · hand_malformed (P0) · openai gpt-image-2 [structure]",
+                     "backend/model: openai gpt-image-2", "size: 1024x1536", "quality: high"]
+    local = footer_lines(ReviewRepair("pass 1", "light", image, image,
+                                      parameters={"tool": "local.exposure_color", "ev_applied": 0.48}))
+    assert local == ["pass 1 [light]", "backend/model: local.exposure_color"]  # no dozen "-" fields
+    assert footer_lines(ReviewRepair("p", "light", image, image))[1:] == ["backend/model: -"]  # always shown
+    labels = [label for label, _ in FOOTER_FIELDS]
+    assert not any(line.endswith(": -") for line in lines + local)
+    assert [line.split(":")[0] for line in lines[1:]] == labels[:3]
 
 
 def test_footer_reads_the_diffusers_settings():
     image = photo("body_skier_01.jpg")
     lines = footer_lines(ReviewRepair("pass 3", "detail", image, image, parameters=dict(DIFFUSERS)))
-    assert lines[1:] == [
+    assert lines[1:] == [  # no quality, no sampler: diffusers has neither
         "backend/model: diffusers runwayml/stable-diffusion-inpainting",
         "size: 512x512",  # the working size when no size was asked for
-        "quality: -",
         "denoise: 0.3",
         "CFG: 5",
         "steps: 40",
-        "sampler: -",
         "scheduler: EulerDiscreteScheduler",  # the one that ran when the checkpoint's own was kept
         "seed: 0",  # a zero seed is a seed, not a gap
         "control: openpose",
         "control scale: 0.7",
-        "reference scale: -",  # no IP-Adapter: its default scale is not shown as used
-    ]
+    ]  # no IP-Adapter: its default reference scale is not shown as used
+    with_adapter = footer_lines(ReviewRepair("p", "detail", image, image,
+                                             parameters=DIFFUSERS | {"ip_adapter": "h94/IP-Adapter"}))
+    assert with_adapter[-1] == "reference scale: 0.6"
 
 
 def test_footer_accepts_the_other_key_spellings():
@@ -291,24 +357,31 @@ def test_footer_accepts_the_other_key_spellings():
     parameters = {"tool": "diffusers", "model": "sdxl", "denoise": 0.55, "cfg": 6.5, "sampler": "dpm++_2m",
                   "scheduler": "karras", "reference_scale": 0.7, "control": None, "control_scale": 0.6}
     lines = footer_lines(ReviewRepair("pass 1", "structure", image, image, parameters=parameters))
-    for expected in ("backend/model: diffusers sdxl", "denoise: 0.55", "CFG: 6.5", "sampler: dpm++_2m",
-                     "scheduler: karras", "reference scale: 0.7", "control: -", "control scale: -"):
-        assert expected in lines
-    assert "CFG: 7" in footer_lines(ReviewRepair("g", "light", image, image, parameters={"guidance_scale": 7}))
-    assert "backend/model: local.composite_back" in footer_lines(
-        ReviewRepair("c", "light", image, image, parameters={"tool": "local.composite_back", "feather": 2}))
+    assert lines[1:] == ["backend/model: diffusers sdxl", "denoise: 0.55", "CFG: 6.5", "sampler: dpm++_2m",
+                         "scheduler: karras", "reference scale: 0.7"]  # no control, so no control scale
+    assert not any(line.startswith("control") for line in lines)
+    assert footer_lines(ReviewRepair("g", "light", image, image, parameters={"guidance_scale": 7}))[1:] == [
+        "backend/model: -", "CFG: 7"]
+    assert footer_lines(ReviewRepair("c", "light", image, image,
+                                     parameters={"tool": "local.composite_back", "feather": 2}))[1:] == [
+        "backend/model: local.composite_back"]
 
 
 def test_notes_add_footer_lines_and_long_ones_wrap():
     image = photo("body_skier_01.jpg")
-    plain = review_image(image, image, [], panel_height=PANEL)
-    noted = review_image(image, image, [], notes=["stop: all checks pass", "spend $0.17"], panel_height=PANEL)
+    repairs = [ReviewRepair("pass 1", "light", image, image, parameters={"tool": "local.exposure_color"})]
+    plain = review_image(image, image, repairs, panel_height=PANEL)
+    noted = review_image(image, image, repairs, notes=["stop: all checks pass", "spend $0.17"], panel_height=PANEL)
     assert noted.shape[0] - plain.shape[0] == 2 * LINE_HEIGHT
-    long = review_image(image, image, [], notes=["open defect " * 80], panel_height=PANEL)
+    long = review_image(image, image, repairs, notes=["open defect " * 80], panel_height=PANEL)
     assert long.shape[0] - plain.shape[0] >= 3 * LINE_HEIGHT
     assert long.shape[1] == plain.shape[1]  # wrapped to the sheet, never widening it
     footer = noted[plain.shape[0] - 12:]
     assert (footer < 128).any()  # dark text on the light background
+    # nothing repaired: the notes are in the header, wrapped the same way
+    plain, noted = (review_image(image, image, [], notes=notes, panel_height=PANEL)
+                    for notes in (["stop: x"], ["stop: x", "spend $0.17", "open defect " * 80]))
+    assert noted.shape[0] - plain.shape[0] >= 4 * LINE_HEIGHT and noted.shape[1] == plain.shape[1]
 
 
 # ---- writing and validation ------------------------------------------------------------------------
