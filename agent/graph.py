@@ -35,7 +35,7 @@ from fixloop.agent.context import RunContext
 from fixloop.agent.findings import plain_data, record_findings, shift_records
 from fixloop.agent.planner import PlanContext, plan_repair
 from fixloop.agent.state import Attempt, MaskSource, OpenDefect, Outcome, RunState, Spend
-from fixloop.agent.triage import triage as choose_next
+from fixloop.agent.triage import restrict, triage as choose_next
 from fixloop.agent.verify import judge, outside_change
 from fixloop.checks.images import InputError
 from fixloop.tools.base import load_tool
@@ -75,7 +75,7 @@ def inspect(state: RunState, runtime: Runtime[RunContext]) -> dict:
 def triage(state: RunState, runtime: Runtime[RunContext]) -> dict:
     started = time.perf_counter()
     ctx = runtime.context
-    result = choose_next(state.findings, state.open_defects, [p.value for p in ctx.policy.gate.fail_on],
+    result = choose_next(restrict(state.findings, state.inputs.only_kinds, state.inputs.skip_kinds), state.open_defects, [p.value for p in ctx.policy.gate.fail_on],
                          state.inputs.polish, state.budget, state.spend, state.verdict)
     update: dict[str, Any] = {"target": result.target, "plan": None, "held_back": result.blocked}
     if result.stop_reason:

@@ -175,7 +175,9 @@ def list_runs(db: str | Path | None = None) -> list[RunState]:
         return []
     conn = sqlite3.connect(str(path))
     try:
-        ids = [row[0] for row in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")]
+        # conversations (agent/conversation.py) keep their threads in the same file, under "conversation:"
+        ids = [row[0] for row in conn.execute(
+            "SELECT DISTINCT thread_id FROM checkpoints WHERE thread_id NOT LIKE 'conversation:%'")]
     except sqlite3.OperationalError:
         ids = []
     except sqlite3.DatabaseError as exc:

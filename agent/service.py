@@ -439,6 +439,8 @@ class RepairOrder:
     polish: bool | None = None
     policy: str | Path | None = None
     run_id: str | None = None
+    only_kinds: Sequence[str] | None = None  # repair only these defect kinds (None: every P0/P1 found)
+    skip_kinds: Sequence[str] = ()  # never repair these kinds (they would redraw a part the user keeps)
 
 
 def new_run_id() -> str:
@@ -520,7 +522,8 @@ def start_repair(order: RepairOrder, progress: Progress | None = None, approver:
         policy=None if order.policy is None else str(Path(order.policy).resolve()),
         backend=order.backend, model=order.model, base_url=order.base_url,
         polish=settings.polish if order.polish is None else order.polish, approve=order.approve,
-        seed=settings.seed, out_dir=str(folder), output_format=OUTPUT_FORMATS.get(suffix, "PNG"))
+        seed=settings.seed, out_dir=str(folder), output_format=OUTPUT_FORMATS.get(suffix, "PNG"),
+        only_kinds=None if order.only_kinds is None else list(order.only_kinds), skip_kinds=list(order.skip_kinds))
     return start_run(inputs, budget, progress=progress, approver=approver, run_id=run_id, db=db)
 
 

@@ -74,6 +74,8 @@ class RunInputs(BaseModel):
     seed: int = 1234  # locked for the whole run
     out_dir: str
     output_format: str = "PNG"  # PIL format name of final.<ext>: the input's own format where writable
+    only_kinds: list[str] | None = None  # repair only these defect kinds (None: every P0/P1 found); a chat's "fix only the hands"
+    skip_kinds: list[str] = Field(default_factory=list)  # never repair these kinds: they would redraw a part the user keeps ("keep her face")
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> "RunInputs":

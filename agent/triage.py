@@ -98,6 +98,14 @@ def triage(findings: list[FindingRecord], open_defects: dict[str, OpenDefect], f
     return Triage(target=target, blocked=blocked)
 
 
+def restrict(findings: list[FindingRecord], only_kinds: list[str] | None,
+             skip_kinds: list[str] = ()) -> list[FindingRecord]:
+    """The findings a run restricted to some defect kinds may repair: those of ``only_kinds`` (all
+    when None) and none of ``skip_kinds``. The others stay on the image and in the report."""
+    return [f for f in findings
+            if (only_kinds is None or f.kind in only_kinds) and f.kind not in skip_kinds]
+
+
 def _against_source(record: FindingRecord) -> bool:
     """A light drift measured against the source (not against the first of several passes)."""
     return record.kind == "color_temperature_drift" or record.evidence.get("baseline") == "the source"
