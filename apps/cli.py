@@ -334,6 +334,55 @@ def list_runs_command() -> None:
             console.print(line, soft_wrap=True)
 
 
+@app.command()
+def gate(
+    inputs: Optional[List[str]] = typer.Argument(None, help="candidate images: files, folders or globs "
+                                                 "(or give --manifest)"),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="CSV or JSONL with columns id, candidate, source, "
+                                            "mask, reference (';' between references); paths relative to its folder"),
+    sources: Optional[Path] = typer.Option(None, "--sources", help="folder of sources, paired with candidates by file stem"),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="folder of edit masks, paired with candidates by file stem"),
+    policy: Optional[Path] = typer.Option(None, "--policy", "-p", help="TOML policy laid over the defaults"),
+    fail_on: Optional[str] = typer.Option(None, "--fail-on", help="priorities that fail an image, e.g. P0,P1 "
+                                          "(default: the policy's)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="workers, each loading the models once "
+                                       "(default: the machine's cores)"),
+    engine: str = typer.Option("local", "--engine", help="local (worker processes) or ray (Ray Data actor pool)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster to run on (default: a local "
+                                              "Ray started for the run)"),
+    out: Path = typer.Option(Path("fixloop-gate"), "--out", "-o", help="folder for results.jsonl, summary.json, "
+                             "junit.xml and report.html"),
+    resume: bool = typer.Option(False, "--resume", help="skip images already in --out's results.jsonl with the same "
+                                "files and policy"),
+    as_json: bool = typer.Option(False, "--json", help="print summary.json on stdout (progress stays on stderr)"),
+) -> None:
+    """Check many images: pass/fail per image, results.jsonl, summary.json, junit.xml and report.html in --out."""
+    import json
+
+    from fixloop.apps import gate as gating
+    from fixloop.checks.images import InputError
+
+    options = gating.GateOptions(inputs=inputs or [], manifest=manifest, sources=sources, masks=masks, policy=policy,
+                                 fail_on=fail_on, jobs=jobs, engine=engine, ray_address=ray_address, out=out,
+                                 resume=resume)
+    try:
+        plan = gating.prepare(options)
+        outcome = gating.run(plan, progress=gating.GateProgress())
+    except InputError as exc:
+        _fail_input(str(exc))
+    except gating.GateAborted as exc:
+        typer.echo(f"fixloop: {exc}", err=True)
+        raise typer.Exit(EXIT_CHECK_ERROR)
+    except KeyboardInterrupt:
+        typer.echo(f"fixloop: interrupted; continue with the same command and --resume (--out {out})", err=True)
+        raise typer.Exit(130)
+    if as_json:
+        sys.stdout.write(json.dumps(outcome.summary, indent=2, ensure_ascii=False) + "\n")
+    else:
+        gating.print_summary(outcome)
+    raise typer.Exit(outcome.summary["exit_code"])
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script. Usage errors (no argument, an unknown option, a value out of range) are one
     ``fixloop: ...`` line and exit 2, like every other refusal; ``--help`` is Typer's own."""
