@@ -1,8 +1,15 @@
-"""What every repair tool takes and returns, and the registry of tools.
+"""What every repair tool takes and returns, and the registries of tools and backends.
 
 A repair tool is one entry call ``(request: RepairRequest) -> RepairResult``. It validates its
 inputs first (raising :class:`RepairError` with a one-line message), never writes over its inputs
 (it works on copies and returns a new image), and reports what it cost in seconds and US dollars.
+
+A backend (``--backend local | openai | diffusers``) is one module: it registers its tool with
+:func:`register_tool` and declares a :class:`BackendSpec` with :func:`register_backend` (what it
+needs before it can run, the environment variables and policy keys it reads, what a call costs).
+The agent and the front ends ask :func:`load_backend` instead of naming backends; adding one is
+its module, one line of :data:`BACKEND_MODULES` and the README.
+
 The agent (``agent/``) wires checks, templates and tools together; ``tools/`` never imports
 ``agent/``.
 """
@@ -65,10 +72,14 @@ RepairFunction = Callable[[RepairRequest], RepairResult]
 
 @dataclass(frozen=True)
 class ToolSpec:
+    """A registered repair tool and what it needs: declared by the module that defines it."""
+
     name: str
     function: RepairFunction
     paid: bool = False  # a call that spends money (the loop asks before it when --approve is set)
     description: str = ""
+    needs_mask: str = ""  # what mask the tool cannot run without, in words; "" = a mask is optional
+    region_check: str | None = None  # the check whose finding supplies the region (and mask) when none is given
 
 
 TOOLS: Registry[ToolSpec] = Registry("repair tool", "tools")
@@ -81,26 +92,161 @@ def load_tool(name: str) -> ToolSpec:
     """The tool ``name``, importing the module that registers it first (heavy libraries load only
     for the tools a run uses). An unknown family imports every installed one, so the error can
     suggest the closest name."""
-    import importlib
-    import importlib.util
-
     family = name.split(".", 1)[0]
-    modules = [TOOL_MODULES[family]] if family in TOOL_MODULES else list(TOOL_MODULES.values())
-    for module in modules:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+    _import_modules([TOOL_MODULES[family]] if family in TOOL_MODULES else list(TOOL_MODULES.values()))
     return TOOLS.get(name)
 
 
-def register_tool(name: str, paid: bool = False) -> Callable[[RepairFunction], RepairFunction]:
+def register_tool(name: str, paid: bool = False, needs_mask: str = "",
+                  region_check: str | None = None) -> Callable[[RepairFunction], RepairFunction]:
     """Decorator: register ``function`` as the repair tool ``name``."""
 
     def decorate(function: RepairFunction) -> RepairFunction:
         doc = (function.__doc__ or "").strip().splitlines()
-        TOOLS.register(ToolSpec(name=name, function=function, paid=paid, description=doc[0] if doc else ""))
+        TOOLS.register(ToolSpec(name=name, function=function, paid=paid, description=doc[0] if doc else "",
+                                needs_mask=needs_mask, region_check=region_check))
         return function
 
     return decorate
+
+
+def _import_modules(modules: list[str]) -> None:
+    import importlib
+    import importlib.util
+
+    for module in modules:
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
+# ---- backends -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    """An environment variable a backend reads, and what for."""
+
+    name: str
+    description: str
+
+
+@dataclass(frozen=True)
+class BackendSetting:
+    """A policy key of a backend (``[repair.backends.NAME]`` in the policy TOML) with its default."""
+
+    name: str
+    default: str
+    description: str
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A repair backend (``--backend NAME``): what the run's generative rungs use, what it needs
+    before it can run and what one call costs. Declared by the backend's own module with
+    :func:`register_backend`; everyone else asks :func:`load_backend`.
+
+    ``check`` raises :class:`RepairError` (one line: what to set or install) when the backend
+    cannot run with the already resolved ``model``; it must be cheap (no heavy import, no model
+    load). ``estimate`` gives the US dollars of one call on a ``(width, height)`` input at a
+    quality, or None when the model has no price.
+    """
+
+    name: str
+    module: str  # the module that declares it (and registers its tool)
+    tool: str | None  # the generative repair tool its rungs run; None = no generative repair (local)
+    description: str = ""
+    paid: bool = False  # its calls spend money: estimated before, booked after, asked for with --approve
+    needs_mask: bool = False  # its tool cannot run without a mask (none today: without one they redraw the image)
+    keeps_unmasked: bool = True  # pixels outside the mask come back exactly (GPT Image treats the mask as a hint)
+    strength: bool = False  # a denoise strength the ladder can raise (diffusion)
+    control: bool = False  # takes a control map (ControlNet) on the control-map rung
+    prompt_style: str | None = None  # "gpt_image" (one instruction prompt) or "diffusion" (positive + negative
+    #                                  prompt and the template's diffusion parameters); None = no prompt
+    default_model: str | None = None  # the model used when neither the caller nor model_env names one
+    model_env: str | None = None  # the environment variable that names the model
+    env: tuple[EnvVar, ...] = ()  # every environment variable it reads
+    settings: tuple[BackendSetting, ...] = ()  # its policy keys
+    check: Callable[[str | None], None] | None = field(default=None, repr=False)
+    estimate: Callable[[str | None, tuple[int, int], str], float | None] | None = field(default=None, repr=False)
+
+    def resolve_model(self, model: str | None = None) -> str | None:
+        """The model a call uses: ``model``, else the one ``model_env`` names, else ``default_model``."""
+        import os
+
+        return model or (os.environ.get(self.model_env) if self.model_env else None) or self.default_model
+
+    def ready(self, model: str | None = None) -> None:
+        """Raise :class:`RepairError` (one line saying what to set or install) when the backend
+        cannot run with ``model`` (None: the environment's or the default)."""
+        if self.check is not None:
+            self.check(self.resolve_model(model))
+
+    def is_ready(self, model: str | None = None) -> bool:
+        """True when :meth:`ready` would not raise."""
+        try:
+            self.ready(model)
+        except RepairError:
+            return False
+        return True
+
+    def estimate_usd(self, model: str | None, size: tuple[int, int], quality: str) -> float | None:
+        """US dollars of one call on a ``size`` (w, h) input: 0 for a free backend; None when a paid
+        one has no price for the model (its calls cannot be kept within a dollar budget)."""
+        if not self.paid:
+            return 0.0
+        if self.estimate is None:
+            return None
+        return self.estimate(self.resolve_model(model), size, quality)
+
+    def settings_from(self, values: dict[str, Any] | None = None) -> dict[str, str]:
+        """This backend's policy settings: its defaults with ``values`` laid over them; an unknown
+        key is a one-line :class:`RepairError` naming the closest known one."""
+        import difflib
+
+        known = {s.name: s.default for s in self.settings}
+        merged = dict(known)
+        for key, value in (values or {}).items():
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known) or 'none'}"
+                raise RepairError(f"unknown setting {key!r} for the {self.name} backend: {hint}")
+            merged[key] = str(value)
+        return merged
+
+
+BACKENDS: Registry[BackendSpec] = Registry("repair backend", "backends")
+
+# The module that declares each backend: adding a backend is its module, this line and the README.
+BACKEND_MODULES = {"local": "fixloop.tools.local", "openai": "fixloop.tools.openai_images",
+                   "diffusers": "fixloop.tools.diffusion"}
+
+
+def backend_names() -> list[str]:
+    """Every backend's name, without importing any backend module (cheap enough for ``--help``)."""
+    return list(BACKEND_MODULES)
+
+
+def load_backend(name: str) -> BackendSpec:
+    """The backend ``name``, importing its module first. An unknown name imports every backend
+    module, so the KeyError can suggest the closest name."""
+    _import_modules([BACKEND_MODULES[name]] if name in BACKEND_MODULES else list(BACKEND_MODULES.values()))
+    return BACKENDS.get(name)
+
+
+def all_backends() -> list[BackendSpec]:
+    """Every backend, in :data:`BACKEND_MODULES` order (imports their modules)."""
+    return [load_backend(name) for name in BACKEND_MODULES]
+
+
+def backend_for_tool(tool: str) -> BackendSpec | None:
+    """The backend whose generative tool is ``tool`` (None for a tool no backend runs, e.g. local.*)."""
+    return next((spec for spec in all_backends() if spec.tool == tool), None)
+
+
+def register_backend(spec: BackendSpec) -> BackendSpec:
+    """Register a backend (called once, at the import of the module that declares it)."""
+    BACKENDS.register(spec)
+    return spec
 
 
 def check_image(image: np.ndarray, role: str = "image") -> np.ndarray:
