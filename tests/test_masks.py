@@ -56,7 +56,7 @@ def test_mask_box_is_tight_and_exclusive():
     assert masks.mask_box(grid("#..\n...\n..#")) == (0, 0, 3, 3)
 
 
-# ---- dilation, erosion, ring, feather -------------------------------------------------------------
+# ---- dilation, erosion, feather and composite-back ------------------------------------------------
 
 
 def test_dilate_by_one_is_a_plus_shaped_disc():
@@ -112,45 +112,16 @@ def test_erode_keeps_the_core_and_ignores_the_frame_border():
     np.testing.assert_array_equal(masks.erode(band, 1), grid("#####\n.....\n....."))
 
 
-def test_edge_ring_covers_both_sides_of_the_boundary():
-    expected = grid("""
-    .......
-    ..###..
-    .#####.
-    .##.##.
-    .#####.
-    ..###..
-    .......
-    """)
-    np.testing.assert_array_equal(masks.edge_ring(SQUARE, 1), expected)
-    ring = masks.edge_ring(SQUARE, 1)
-    assert (ring & SQUARE).sum() == 8 and (ring & ~SQUARE).sum() == 12  # inside and outside
-
-
-def test_edge_ring_of_a_vertical_boundary_is_two_columns_per_px():
-    half = grid("""
-    ###...
-    ###...
-    ###...
-    """)
-    expected = grid("""
-    .####.
-    .####.
-    .####.
-    """)
-    np.testing.assert_array_equal(masks.edge_ring(half, 2), expected)
-
-
-def test_edge_ring_without_a_boundary_is_empty():
-    assert not masks.edge_ring(np.ones((4, 4), bool), 2).any()
-    assert not masks.edge_ring(np.zeros((4, 4), bool), 2).any()
+def smoothstep(t: float) -> float:
+    t = min(max(t, 0.0), 1.0)
+    return t * t * (3.0 - 2.0 * t)
 
 
 def test_feather_inside_stays_zero_outside_the_mask():
-    t = 1.0 / 3.0
+    # the rim is 1 px from the outside, the centre 2 px: smoothstep((d - 0.5) / 2) -> 0.15625, 0.84375
     expected = np.zeros((7, 7), np.float32)
-    expected[2:5, 2:5] = t
-    expected[3, 3] = 2 * t
+    expected[2:5, 2:5] = 0.15625
+    expected[3, 3] = 0.84375
     out = masks.feather(SQUARE, 2)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, expected, atol=1e-6)
@@ -158,14 +129,15 @@ def test_feather_inside_stays_zero_outside_the_mask():
 
 
 def test_feather_outside_keeps_the_mask_whole():
-    d = 1.0 - np.sqrt(2.0) / 2.0  # a diagonal neighbour is sqrt(2) px away, fading over 2 steps
+    d = smoothstep(1.0 - (np.sqrt(2.0) - 0.5) / 1.0)  # a diagonal neighbour is sqrt(2) px away
+    e = smoothstep(0.5)  # an edge neighbour is 1 px away: 1 - (1 - 0.5) / 1
     expected = np.array([
         [0, 0, 0, 0, 0, 0, 0],
-        [0, d, .5, .5, .5, d, 0],
-        [0, .5, 1, 1, 1, .5, 0],
-        [0, .5, 1, 1, 1, .5, 0],
-        [0, .5, 1, 1, 1, .5, 0],
-        [0, d, .5, .5, .5, d, 0],
+        [0, d, e, e, e, d, 0],
+        [0, e, 1, 1, 1, e, 0],
+        [0, e, 1, 1, 1, e, 0],
+        [0, e, 1, 1, 1, e, 0],
+        [0, d, e, e, e, d, 0],
         [0, 0, 0, 0, 0, 0, 0],
     ], dtype=np.float32)
     out = masks.feather(SQUARE, 1, side="outside")
@@ -173,11 +145,13 @@ def test_feather_outside_keeps_the_mask_whole():
     assert out.min() >= 0.0 and out.max() <= 1.0
 
 
-def test_feather_centre_is_the_mean_of_both_sides():
-    out = masks.feather(SQUARE, 1, side="centre")
-    expected = (masks.feather(SQUARE, 1, "inside") + masks.feather(SQUARE, 1, "outside")) / 2
-    np.testing.assert_allclose(out, expected, atol=1e-7)
-    assert out[3, 3] == 1.0 and out[2, 3] == pytest.approx(0.75) and out[1, 3] == pytest.approx(0.25)
+def test_feather_center_straddles_the_boundary():
+    out = masks.feather(SQUARE, 2, side="center")
+    # half the ramp either side: 0.5 + (d - 0.5) / 2 inside, 0.5 - (d - 0.5) / 2 outside
+    assert out[3, 3] == pytest.approx(smoothstep(1.25)) == 1.0
+    assert out[2, 3] == pytest.approx(smoothstep(0.75))
+    assert out[1, 3] == pytest.approx(smoothstep(0.25))
+    assert out[0, 3] == pytest.approx(smoothstep(-0.25)) == 0.0
 
 
 def test_feather_width_zero_is_the_hard_mask():
@@ -186,89 +160,32 @@ def test_feather_width_zero_is_the_hard_mask():
         masks.feather(SQUARE, 1, side="middle")
 
 
-# ---- masks with context -------------------------------------------------------------------------
+def test_default_feather_is_half_a_percent_of_the_diagonal_at_least_two_px():
+    assert masks.default_feather((3000, 4000, 3)) == 25.0  # 5000 px diagonal
+    assert masks.default_feather((480, 640)) == 4.0
+    assert masks.default_feather((53, 80, 3)) == masks.MIN_FEATHER_PX == 2.0
 
 
-def test_face_context_mask_is_the_ellipse_of_the_grown_box():
-    # box 4 x 4 at (2, 2); grown 0.25 per side, 0.5 up, 0.25 down -> x 1..7, y 0..7: centre (4, 3.5),
-    # half-axes 3 and 3.5. Row 0 (centre y 0.5): |x + 0.5 - 4| <= 3 * sqrt(1 - (3/3.5)^2) = 1.55 -> x 2..5;
-    # row 2: <= 2.87 -> x 1..6; row 3: <= 3 -> x 1..6; row 7 (centre 7.5) lies outside.
-    expected = grid("""
-    ..####..
-    ..####..
-    .######.
-    .######.
-    .######.
-    ..####..
-    ..####..
-    ........
-    """)
-    out = masks.face_context_mask((8, 8), (2, 2, 6, 6), grow_side=0.25, grow_top=0.5, grow_bottom=0.25)
-    np.testing.assert_array_equal(out, expected)
-    # the context is real: rows above the face box (hairline) and columns beside it (ears) are in
-    assert out[:2].any() and out[:, 1].any() and out[:, 6].any()
+def test_composite_keeps_the_base_outside_the_mask_and_fades_in_inside():
+    base = np.zeros((9, 9, 3), np.uint8)
+    top = np.full((9, 9, 3), 200, np.uint8)
+    mask = np.zeros((9, 9), bool)
+    mask[2:7, 2:7] = True
+    hard = masks.composite(base, top, mask, 0)
+    np.testing.assert_array_equal(hard[..., 0], np.where(mask, 200, 0))
+    soft = masks.composite(base, top, mask, 2)[..., 0]
+    expected = np.zeros((9, 9), np.uint8)
+    expected[2:7, 2:7] = 31  # 200 x 0.15625, one pixel in from the edge
+    expected[3:6, 3:6] = 169  # 200 x 0.84375
+    expected[4, 4] = 200  # three pixels in: all top
+    np.testing.assert_array_equal(soft, expected)
+    corner = np.zeros((9, 9), bool)
+    corner[:4, :4] = True  # touches the image border: no fade along it
+    at_border = masks.composite(base, top, corner, 2)[..., 0]
+    assert at_border[0, 0] == 200 and at_border[3, 0] == 31 and at_border[4, 0] == 0
 
 
-def test_face_context_mask_without_growth_is_the_inscribed_ellipse():
-    expected = grid("""
-    .......
-    ..###..
-    .#####.
-    .#####.
-    .#####.
-    ..###..
-    .......
-    """)
-    np.testing.assert_array_equal(masks.face_context_mask((7, 7), (1, 1, 6, 6), 0, 0, 0), expected)
-
-
-def test_hand_context_mask_extends_towards_the_wrist_and_adds_a_margin():
-    # hand box 4 x 4 at (3, 2); wrist below: +2 rows (0.5 of 4); margin ceil(0.25 * 4) = 1 on every side
-    expected = grid("""
-    ..........
-    ..######..
-    ..######..
-    ..######..
-    ..######..
-    ..######..
-    ..######..
-    ..######..
-    ..######..
-    ..........
-    """)
-    out = masks.hand_context_mask((10, 10), (3, 2, 7, 6), wrist="bottom", wrist_extension=0.5, margin=0.25)
-    np.testing.assert_array_equal(out, expected)
-
-
-def test_hand_context_mask_reads_the_wrist_side_from_landmarks_and_adds_the_contact_box():
-    landmarks = np.zeros((21, 2))
-    landmarks[:] = [5.5, 3.5]  # the fingers bunched at the hand's middle
-    landmarks[0] = [2.2, 3.5]  # wrist (landmark 0) to the left of the middle-finger base (landmark 9)
-    landmarks[9] = [4.0, 3.6]
-    landmarks[8] = [7.9, 4.2]  # a fingertip: box x 2..8, y 3..5
-    assert masks.wrist_side(landmarks) == "left"
-    # box (2, 3, 8, 5) is 6 x 2; wrist left by ceil(0.5 * 6) = 3 -> x from -1; margin ceil(0.2 * 6) = 2
-    expected = grid("""
-    ............
-    ##########..
-    ##########..
-    ##########..
-    ##########..
-    ##########..
-    ##########..
-    ..........##
-    ..........##
-    """)
-    out = masks.hand_context_mask((9, 12), landmarks=landmarks, wrist_extension=0.5, margin=0.2,
-                                  contact=(12, 9, 13, 10))
-    np.testing.assert_array_equal(out, expected)
-
-
-def test_hand_context_mask_needs_a_box_or_landmarks():
-    with pytest.raises(ValueError, match="box"):
-        masks.hand_context_mask((5, 5))
-    with pytest.raises(ValueError, match="wrist"):
-        masks.hand_context_mask((5, 5), (1, 1, 3, 3), wrist="under")
+# ---- masks with context, crop boxes and resizing -------------------------------------------------
 
 
 def test_contact_zone_is_a_band_under_the_object_wider_than_it():
@@ -319,88 +236,69 @@ def test_crop_box_refuses_an_empty_region():
         masks.crop_box(np.zeros((4, 4), bool), (4, 4), padding=1)
 
 
-def test_outpaint_canvas_marks_the_new_area():
-    out = masks.outpaint_canvas((3, 4), {"top": 1, "right": 2})
-    assert (out.width, out.height, out.original_box) == (6, 4, (0, 1, 4, 4))
-    expected = grid("""
-    ######
-    ....##
-    ....##
-    ....##
+def test_crop_padding_is_the_larger_of_px_and_share_rounded_up():
+    assert masks.crop_padding((0, 0, 10, 4), padding=1, padding_fraction=0.25) == 3  # 2.5 px -> 3
+    assert masks.crop_padding((0, 0, 10, 4), padding=5, padding_fraction=0.25) == 5
+    assert masks.crop_padding(SQUARE, padding=0, padding_fraction=1.0) == 3  # the mask's 3 px box
+
+
+def test_resize_mask_nearest_or_any_coverage():
+    dot = np.zeros((4, 4), bool)
+    dot[1, 1] = True
+    assert not masks.resize_mask(dot, (2, 2)).any()  # nearest neighbour can lose a thin mask ...
+    np.testing.assert_array_equal(masks.resize_mask(dot, (2, 2), any_coverage=True), grid("""
+    #.
+    ..
+    """))  # ... any coverage keeps it
+    corner = grid("""
+    #.
+    ..
     """)
-    np.testing.assert_array_equal(out.mask, expected)
+    np.testing.assert_array_equal(masks.resize_mask(corner, (4, 4)), grid("""
+    ##..
+    ##..
+    ....
+    ....
+    """))
+    np.testing.assert_array_equal(masks.resize_mask(corner, (4, 4), any_coverage=True), grid("""
+    ###.
+    ###.
+    ###.
+    ....
+    """))  # bilinear: every pixel whose interpolation touches the mask pixel
+    same = masks.resize_mask(corner, (2, 2))
+    assert same is not corner and same.dtype == bool
 
 
-def test_outpaint_canvas_overlap_reaches_into_the_extended_sides_only():
-    out = masks.outpaint_canvas((3, 4), {"top": 1, "right": 2}, overlap=1)
-    expected = grid("""
-    ######
-    ######
-    ...###
-    ...###
-    """)
-    np.testing.assert_array_equal(out.mask, expected)
-
-
-def test_outpaint_canvas_rejects_bad_sides():
-    with pytest.raises(ValueError, match="unknown side"):
-        masks.outpaint_canvas((3, 3), {"up": 4})
-    with pytest.raises(ValueError, match="nothing to outpaint"):
-        masks.outpaint_canvas((3, 3), {"top": 0})
+def test_resize_averages_to_shrink_and_copies_at_the_same_size():
+    image = np.repeat(np.arange(16, dtype=np.uint8).reshape(4, 4, 1), 3, axis=2)
+    np.testing.assert_array_equal(masks.resize(image, (2, 2))[..., 0], [[3, 5], [11, 13]])  # 2 x 2 means, rounded
+    same = masks.resize(image, (4, 4))
+    assert same is not image and np.array_equal(same, image)
+    assert masks.resize(image, (8, 6)).shape == (6, 8, 3)
 
 
 def test_functions_never_write_into_their_inputs():
     original = SQUARE.copy()
-    for call in (lambda m: masks.dilate(m, 2), lambda m: masks.erode(m, 1), lambda m: masks.edge_ring(m, 1),
-                 lambda m: masks.feather(m, 2), lambda m: masks.crop_box(m, m.shape, 1),
-                 lambda m: masks.contact_zone(m.shape, m)):
+    for call in (lambda m: masks.dilate(m, 2), lambda m: masks.erode(m, 1), lambda m: masks.feather(m, 2),
+                 lambda m: masks.crop_box(m, m.shape, 1), lambda m: masks.contact_zone(m.shape, m),
+                 lambda m: masks.resize_mask(m, (7, 7)), lambda m: masks.resize_mask(m, (3, 3), any_coverage=True)):
         call(SQUARE)
         np.testing.assert_array_equal(SQUARE, original)
 
 
-# ---- on real photos ------------------------------------------------------------------------------
+# ---- on a real photo -----------------------------------------------------------------------------
 
 
-def test_face_mask_on_a_real_portrait_covers_the_face_box_and_its_surroundings():
-    """MediaPipe's face box of a real portrait: the mask holds the whole box and reaches above it
-    (hairline), below it (chin) and beside it (ears), without spreading over the picture."""
-    from tests import defects
-
+def test_composite_on_a_real_photo_keeps_every_pixel_outside_and_the_core_inside():
     image = photo("face_obama_01.jpg")
-    (box, _), *_ = defects.face_keypoints(image)
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    mask = masks.face_context_mask(image.shape, box)
-    assert mask.shape == image.shape[:2]
-    assert mask[y0:y1, x0:x1].all()
-    bh, bw = y1 - y0, x1 - x0
-    ys, xs = np.nonzero(mask)
-    assert ys.min() <= y0 - 0.4 * bh and ys.max() >= y1 + 0.2 * bh - 1  # hairline and chin
-    assert xs.min() <= x0 - 0.25 * bw and xs.max() >= x1 + 0.25 * bw - 1  # ears
-    assert 1.8 < mask.sum() / (bw * bh) < 2.6  # the grown ellipse: pi/4 * 1.6 * 1.75 = 2.2 box areas
-    assert mask.mean() < 0.5
-
-
-def test_hand_mask_on_a_real_hand_reaches_down_to_the_wrist():
-    """The raised hand of gen_hand_malformed_03: landmarks from MediaPipe; the wrist is below the hand."""
-    from tests import defects
-
-    image = photo("gen_hand_malformed_03.jpg")
-    points = defects.hand_landmarks(image)[0]
-    assert masks.wrist_side(points) == "bottom"
-    mask = masks.hand_context_mask(image.shape, landmarks=points)
-    xs, ys = points[:, 0].astype(int), points[:, 1].astype(int)
-    assert mask[ys, xs].all()  # every landmark
-    hand_h = ys.max() - ys.min()
-    below = np.nonzero(mask.any(axis=1))[0].max()
-    assert below >= min(image.shape[0] - 1, ys.max() + 0.5 * hand_h)  # the wrist extension
-    assert mask.mean() < 0.25  # the hand, not the picture
-
-
-def test_outpaint_canvas_for_a_real_photo():
-    image = photo("body_skier_01.jpg")
-    h, w = image.shape[:2]
-    out = masks.outpaint_canvas(image.shape, {"top": 52, "left": 10}, overlap=4)
-    assert (out.height, out.width, out.original_box) == (h + 52, w + 10, (10, 52, w + 10, h + 52))
-    new_area = out.height * out.width - h * w
-    overlap = 4 * w + 4 * h - 16  # the top and left strips of the original, their corner counted once
-    assert out.mask.sum() == new_area + overlap
+    edited = 255 - image
+    mask = masks.box_mask(image.shape, (100, 80, 300, 260))
+    width = masks.default_feather(image.shape)
+    out = masks.composite(image, edited, mask, width)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[~mask], image[~mask])
+    core = masks.erode(mask, width + 0.5)
+    np.testing.assert_array_equal(out[core], edited[core])
+    seam = mask & ~core
+    assert (out[seam] != edited[seam]).any() and (out[seam] != image[seam]).any()
