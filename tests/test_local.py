@@ -40,6 +40,16 @@ def test_every_local_tool_is_registered_free():
         TOOLS.get("local.defringes")
 
 
+def test_each_tool_declares_the_mask_it_needs_and_the_check_that_can_supply_it():
+    needs = {name: (TOOLS.get(name).needs_mask != "", TOOLS.get(name).region_check)
+             for name in ("local.exposure_color", "local.composite_back", "local.expand_canvas", "local.defringe",
+                          "local.flip_back", "local.crop_first")}
+    assert needs == {"local.exposure_color": (False, None), "local.composite_back": (True, None),
+                     "local.expand_canvas": (False, "subject_cropped"), "local.defringe": (True, "edge_halo"),
+                     "local.flip_back": (False, None), "local.crop_first": (True, None)}
+    assert "--mask" in TOOLS.get("local.composite_back").needs_mask
+
+
 # ---- exposure and white balance -----------------------------------------------------------------
 
 

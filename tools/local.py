@@ -23,7 +23,9 @@ its inputs first, works on copies, and reports its settings and time:
 - ``local.crop_first``: a small region cropped with padding, upscaled, handed to any repair, and its
   change brought back and blended in with a feather at the box border.
 
-The few mask helpers used here (feathered blend weights, crop boxes) are private to this module.
+Crop boxes, mask resizing, seam feathering and the composite-back blend come from ``tools.masks``
+(the diffusers tool composites back with the same function and default feather). The module also
+declares the ``local`` backend: free, always ready, no generative repair.
 """
 
 from __future__ import annotations
@@ -37,13 +39,21 @@ import numpy as np
 from fixloop.checks.images import SRGB8_TO_LINEAR, linear_to_srgb8
 from fixloop.tools.base import (
     TOOLS,
+    BackendSpec,
     RepairError,
     RepairRequest,
     RepairResult,
     check_image,
     check_mask,
+    register_backend,
     register_tool,
 )
+from fixloop.tools.masks import SEAMS, blend, crop_box, crop_padding, default_feather, feather, resize_mask
+
+BACKEND = register_backend(BackendSpec(
+    name="local", module=__name__, tool=None,
+    description="offline, free, deterministic OpenCV repairs (exposure/colour, composite-back, flip, defringe); "
+                "no generative repair"))
 
 MEASURE_SIDE = 1024  # px; long side at which the light measurements are taken while correcting
 REFINE_STEPS = 4  # correction rounds at most (the second one usually lands within 0.01 EV / 0.5 mired)
@@ -98,47 +108,8 @@ def _param(parameters: dict[str, Any], name: str, default: Any, kind: type) -> A
         raise RepairError(f"parameter {name}={value!r} is not a valid {kind.__name__}") from None
 
 
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bool mask to (w, h), nearest neighbour."""
-    if (mask.shape[1], mask.shape[0]) == size:
-        return mask.astype(bool)
-    return cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
-
-
 def _same_aspect(a: tuple[int, ...], b: tuple[int, ...], tolerance: float = 0.03) -> bool:
     return abs((a[1] / a[0]) / (b[1] / b[0]) - 1.0) <= tolerance
-
-
-def _feather_inside(mask: np.ndarray, feather: float) -> np.ndarray:
-    """Blend weight that is 0 outside ``mask`` and rises to 1 at ``feather`` px inside it (smoothstep)."""
-    if feather <= 0:
-        return mask.astype(np.float32)
-    depth = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
-    t = np.clip((depth - 0.5) / float(feather), 0.0, 1.0)
-    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
-
-
-def _feather(mask: np.ndarray, feather: float, seam: str) -> np.ndarray:
-    """Blend weight of ``mask``: the seam ramp lies inside the mask, across its edge, or outside it."""
-    if seam == "inside":
-        return _feather_inside(mask, feather)
-    if feather <= 0:
-        return mask.astype(np.float32)
-    outside = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
-    if seam == "outside":
-        t = np.clip(1.0 - (outside - 0.5) / float(feather), 0.0, 1.0)
-    else:  # "center": half the ramp either side of the edge
-        inside = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
-        signed = np.where(mask, inside - 0.5, 0.5 - outside)
-        t = np.clip(0.5 + signed / float(feather), 0.0, 1.0)
-    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
-
-
-def _blend(base: np.ndarray, top: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """``base`` where weight is 0, ``top`` where it is 1 (both exactly), a mix between."""
-    w = weight[..., None]
-    mixed = base.astype(np.float32) * (1.0 - w) + top.astype(np.float32) * w
-    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
 def _result(tool: str, image: np.ndarray, started: float, mask: np.ndarray | None = None,
@@ -194,7 +165,7 @@ def estimate_illuminant(image: np.ndarray, region: np.ndarray | None = None, rou
 
     small = _small(image, 512)
     if region is not None:
-        region = _resize_mask(region, (small.shape[1], small.shape[0]))
+        region = resize_mask(region, (small.shape[1], small.shape[0]))
     total = np.ones(3)
     for step in range(rounds):
         current = small if step == 0 else _apply_luts(small, _gain_luts(1.0 / total))
@@ -273,7 +244,7 @@ def exposure_color(request: RepairRequest) -> RepairResult:
         small = _small(image)
         small_source = cv2.resize(source, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA) \
             if source.shape[:2] != small.shape[:2] else source
-        small_mask = None if mask is None else _resize_mask(mask, (small.shape[1], small.shape[0]))
+        small_mask = None if mask is None else resize_mask(mask, (small.shape[1], small.shape[0]))
         if small_mask is not None and not small_mask.any():
             small_mask = None
         ev, _, mired = _measure_against_source(small, small_source, small_mask)
@@ -315,10 +286,7 @@ def exposure_color(request: RepairRequest) -> RepairResult:
 
 # ---- composite back -------------------------------------------------------------------------------
 
-SEAMS = ("inside", "center", "outside")
-
-
-@register_tool("local.composite_back")
+@register_tool("local.composite_back", needs_mask="the edit mask (--mask): outside it the source is restored")
 def composite_back(request: RepairRequest) -> RepairResult:
     """The source's pixels restored outside the edit mask, with a feathered seam."""
     started = time.perf_counter()
@@ -327,14 +295,14 @@ def composite_back(request: RepairRequest) -> RepairResult:
         raise RepairError("composite-back needs the source (the image before the edit) to restore from")
     source = check_image(request.source, "source")
     params = request.parameters
-    feather = _param(params, "feather", max(2.0, round(0.006 * float(np.hypot(*image.shape[:2])))), float)
+    width = _param(params, "feather", default_feather(image.shape), float)
     seam = str(params.get("seam", "inside"))
-    if feather < 0:
-        raise RepairError(f"feather={feather:g} px must be >= 0")
+    if width < 0:
+        raise RepairError(f"feather={width:g} px must be >= 0")
     if seam not in SEAMS:
         raise RepairError(f"seam={seam!r}: use one of {', '.join(SEAMS)}")
     if request.mask is not None and request.mask.shape == source.shape[:2] != image.shape[:2]:
-        mask = check_mask(_resize_mask(request.mask, (image.shape[1], image.shape[0])), image)
+        mask = check_mask(resize_mask(request.mask, (image.shape[1], image.shape[0])), image)
     else:
         mask = check_mask(request.mask, image)
     notes = []
@@ -346,9 +314,9 @@ def composite_back(request: RepairRequest) -> RepairResult:
         source = cv2.resize(source, (image.shape[1], image.shape[0]),
                             interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
         notes.append(f"source resized to the image's {image.shape[1]}x{image.shape[0]} before restoring")
-    weight = _feather(mask, feather, seam)
-    out = _blend(source, image, weight)
-    parameters = {"feather": feather, "seam": seam, "restored_fraction": round(float((weight == 0).mean()), 5)}
+    weight = feather(mask, width, seam)
+    out = blend(source, image, weight)
+    parameters = {"feather": width, "seam": seam, "restored_fraction": round(float((weight == 0).mean()), 5)}
     return _result("local.composite_back", out, started, mask=mask, parameters=parameters, notes=notes)
 
 
@@ -417,7 +385,7 @@ def _split(total: int, anchor: str, low: str, high: str) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-@register_tool("local.expand_canvas")
+@register_tool("local.expand_canvas", region_check="subject_cropped")
 def expand_canvas(request: RepairRequest) -> RepairResult:
     """A larger canvas (aspect ratio or px per side) with reflected or blurred fill and its outpaint mask."""
     started = time.perf_counter()
@@ -531,7 +499,7 @@ def _ring_halfwidth(ring: np.ndarray) -> float:
     return float(np.percentile(depth[ring], 99)) if ring.any() else 0.0
 
 
-@register_tool("local.defringe")
+@register_tool("local.defringe", needs_mask="an edge-ring mask (--mask)", region_check="edge_halo")
 def defringe(request: RepairRequest) -> RepairResult:
     """A bright or dark halo on an edge ring removed, keeping both sides of the boundary."""
     started = time.perf_counter()
@@ -579,8 +547,7 @@ def defringe(request: RepairRequest) -> RepairResult:
             fixed = closed
         else:
             fixed = cv2.morphologyEx(opened, cv2.MORPH_CLOSE, disk, borderType=cv2.BORDER_REFLECT)
-    weight = _feather_inside(ring, 1.0)
-    out = _blend(image, fixed, weight)
+    out = blend(image, fixed, feather(ring, 1.0))
     parameters = {"method": method, "polarity": chosen, "radius": radius, "grow": grow,
                   "ring_fraction": round(float(ring.mean()), 5)}
     return _result("local.defringe", out, started, mask=ring, parameters=parameters)
@@ -613,8 +580,8 @@ def flip_back(request: RepairRequest) -> RepairResult:
         side = load_policy().params("mirrored").analysis_side
         mask = None
         if request.mask is not None:
-            mask = check_mask(_resize_mask(request.mask, (image.shape[1], image.shape[0])), image)
-            mask = _resize_mask(mask, ctx.size)
+            mask = check_mask(resize_mask(request.mask, (image.shape[1], image.shape[0])), image)
+            mask = resize_mask(mask, ctx.size)
         match = measure_mirror(ctx.candidate.gray, ctx.source.gray, side, mask)
         parameters.update(direct_correlation=round(match.direct, 4), flipped_correlation=round(match.flipped, 4))
         if match.margin <= 0 and not force:
@@ -626,23 +593,6 @@ def flip_back(request: RepairRequest) -> RepairResult:
 
 
 # ---- crop first -----------------------------------------------------------------------------------
-
-
-def crop_padding(mask: np.ndarray, padding: float, min_padding: int) -> int:
-    """Padding in px around ``mask``'s bounding box: ``padding`` x its long side, at least ``min_padding``."""
-    ys, xs = np.nonzero(mask)
-    long_side = max(int(xs.max()) - int(xs.min()), int(ys.max()) - int(ys.min())) + 1
-    return max(int(min_padding), int(round(padding * long_side)))
-
-
-def crop_box(mask: np.ndarray, padding: float, min_padding: int) -> tuple[int, int, int, int]:
-    """Bounding box [x0, y0, x1, y1) of ``mask`` grown by :func:`crop_padding` on every side,
-    clipped to the image."""
-    ys, xs = np.nonzero(mask)
-    pad = crop_padding(mask, padding, min_padding)
-    h, w = mask.shape
-    return (max(0, int(xs.min()) - pad), max(0, int(ys.min()) - pad),
-            min(w, int(xs.max()) + 1 + pad), min(h, int(ys.max()) + 1 + pad))
 
 
 def _box_weight(height: int, width: int, feather: float, box: tuple[int, int, int, int],
@@ -685,7 +635,8 @@ def _resolve_repair(repair: Any) -> tuple[Callable[[RepairRequest], Any], str]:
     raise RepairError(f"repair={repair!r} is neither a tool name nor a function")
 
 
-@register_tool("local.crop_first")
+@register_tool("local.crop_first", needs_mask="the region to repair (--mask), or repair=local.defringe to take it "
+               "from edge_halo")
 def crop_first(request: RepairRequest, repair: Callable[[RepairRequest], Any] | str | None = None) -> RepairResult:
     """Crop around the mask with padding, upscale, run any repair there, paste its change back feathered."""
     started = time.perf_counter()
@@ -709,17 +660,17 @@ def crop_first(request: RepairRequest, repair: Callable[[RepairRequest], Any] | 
         raise RepairError("repair_parameters must be a dict of the inner repair's settings")
 
     # 2. prepare: the padded box, upscaled to the working size
-    x0, y0, x1, y1 = box = crop_box(mask, padding, min_padding)
+    x0, y0, x1, y1 = box = crop_box(mask, mask.shape, padding=min_padding, padding_fraction=padding)
     bw, bh = x1 - x0, y1 - y0
-    feather = _param(params, "feather", max(1.0, 0.5 * crop_padding(mask, padding, min_padding)), float)
-    if feather < 0:
-        raise RepairError(f"feather={feather:g} px must be >= 0")
+    width = _param(params, "feather", max(1.0, 0.5 * crop_padding(mask, min_padding, padding)), float)
+    if width < 0:
+        raise RepairError(f"feather={width:g} px must be >= 0")
     scale = min(max_upscale, work_side / max(bw, bh))
     size = (max(1, round(bw * scale)), max(1, round(bh * scale)))
     up = cv2.INTER_LANCZOS4 if scale > 1 else cv2.INTER_AREA
     crop = image[y0:y1, x0:x1]
     crop_up = cv2.resize(crop, size, interpolation=up)
-    mask_up = _resize_mask(mask[y0:y1, x0:x1], size)
+    mask_up = resize_mask(mask[y0:y1, x0:x1], size)
     source_up = None
     if request.source is not None and request.source.shape == image.shape:
         source_up = cv2.resize(request.source[y0:y1, x0:x1], size, interpolation=up)
@@ -742,7 +693,7 @@ def crop_first(request: RepairRequest, repair: Callable[[RepairRequest], Any] | 
     down = cv2.INTER_AREA if scale > 1 else cv2.INTER_CUBIC
     delta = repaired.astype(np.float32) - crop_up.astype(np.float32)
     delta = cv2.resize(delta, (bw, bh), interpolation=down)
-    weight = _box_weight(bh, bw, feather, box, image.shape[:2])
+    weight = _box_weight(bh, bw, width, box, image.shape[:2])
     patched = np.clip(np.rint(crop.astype(np.float32) + delta * weight[..., None]), 0, 255).astype(np.uint8)
     out = image.copy()
     out[y0:y1, x0:x1] = patched
@@ -752,7 +703,7 @@ def crop_first(request: RepairRequest, repair: Callable[[RepairRequest], Any] | 
         "box": [x0, y0, x1, y1],
         "scale": round(float(scale), 4),
         "work_size": list(size),
-        "feather": feather,
+        "feather": width,
         "padding": padding,
         "repair": repair_name,
         "repair_parameters": {} if inner_result is None else inner_result.parameters,
