@@ -26,6 +26,8 @@ What the tool takes care of:
   :class:`~tools.base.RepairError`.
 - **endpoint**: the client's own ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` environment variables (or
   the ``api_key`` / ``base_url`` parameters), so any compatible endpoint works.
+- **cost before the call**: :func:`estimate_usd` (the ``openai`` backend's estimate, which the loop
+  checks against the dollar budget) from the request size the tool will choose and the price table.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fixloop.tools.base import (ModerationBlocked, RepairError, RepairRequest, RepairResult, check_image, check_mask,
-                        register_tool)
+from fixloop.tools.base import (BackendSetting, BackendSpec, EnvVar, ModerationBlocked, RepairError, RepairRequest,
+                                RepairResult, check_image, check_mask, register_backend, register_tool)
+from fixloop.tools.masks import resize, resize_mask
 
 TOOL_NAME = "openai"
 DEFAULT_MODEL = "gpt-image-2"
@@ -209,38 +212,26 @@ def plan_geometry(width: int, height: int, size: tuple[int, int] | None, max_pix
     return Geometry((width, height), padded, offset, size, f"{size[0]}x{size[1]}")
 
 
-def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize to (W, H): area averaging when shrinking, bicubic when growing."""
-    if (array.shape[1], array.shape[0]) == size:
-        return array.copy()
-    shrinking = size[0] * size[1] < array.shape[0] * array.shape[1]
-    return cv2.resize(array, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
-
-
 def to_request_image(image: np.ndarray, geometry: Geometry) -> np.ndarray:
     """The input padded (edge pixels) and scaled to the sent size; a new array."""
     top, bottom, left, right = geometry.padding
     padded = image
     if any(geometry.padding):
         padded = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_REPLICATE)
-    return _resize(padded, geometry.send_size)
+    return resize(padded, geometry.send_size)
 
 
 def to_request_mask(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
     """The bool edit mask on the sent image's grid; padding is never editable, and any request pixel
     that overlaps an editable input pixel is editable (a thin mask survives downscaling)."""
     top, bottom, left, right = geometry.padding
-    padded = np.pad(mask.astype(np.float32), ((top, bottom), (left, right)))
-    if (padded.shape[1], padded.shape[0]) == geometry.send_size:
-        return padded > 0
-    shrinking = geometry.send_size[0] * geometry.send_size[1] < padded.size
-    resized = cv2.resize(padded, geometry.send_size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    return resized > 0
+    padded = np.pad(np.asarray(mask, dtype=bool), ((top, bottom), (left, right)))
+    return resize_mask(padded, geometry.send_size, any_coverage=True)
 
 
 def from_request_image(result: np.ndarray, geometry: Geometry) -> np.ndarray:
     """A returned image brought back to the input's geometry (scaled to the padded canvas, padding cut off)."""
-    canvas = _resize(result, geometry.padded_size)
+    canvas = resize(result, geometry.padded_size)
     (w, h), (left, top) = geometry.input_size, geometry.offset
     return np.ascontiguousarray(canvas[top:top + h, left:left + w])
 
@@ -365,6 +356,27 @@ def call_cost(usage: dict[str, Any], price: Price) -> float:
     return dollars / 1_000_000
 
 
+# gpt-image-1's published output tokens for a 1024x1024 image by quality, used (scaled by area) to
+# estimate a call before it is made; an unknown quality counts as high.
+OUTPUT_TOKENS_1024 = {"low": 272, "medium": 1056, "high": 4160, "auto": 4160}
+INPUT_IMAGE_TOKENS = 1500  # rough image-input tokens of one edit request (image + mask)
+
+
+def estimate_usd(model: str | None, size: tuple[int, int], quality: str,
+                 prices: str | Path | None = None) -> float | None:
+    """Estimated US dollars of one edit of a ``size`` (w, h) input at ``quality``, before it is made:
+    the output tokens of the request size the tool will choose (the published 1024x1024 figure
+    scaled by area, never below it) plus a typical image input, at the model's price. None when
+    the price table has no row for the model (its calls cannot be kept within a dollar budget)."""
+    model = model or DEFAULT_MODEL
+    price = price_for(model, load_prices(prices))
+    if price is None:
+        return None
+    w, h = choose_size(*size, model)  # the size actually requested, not the input's
+    output = OUTPUT_TOKENS_1024.get(quality, OUTPUT_TOKENS_1024["high"]) * max(1.0, w * h / 1024**2)
+    return (output * price.image_output + INPUT_IMAGE_TOKENS * price.image_input) / 1e6
+
+
 # --- parameters ----------------------------------------------------------------------------------
 
 
@@ -471,7 +483,7 @@ def _check_and_prepare(request: RepairRequest) -> _Prepared:
         ref_h, ref_w = reference.shape[:2]
         scale = min(1.0, math.sqrt(settings.max_pixels / (ref_w * ref_h)))
         if scale < 1.0:
-            reference = _resize(reference, (max(1, round(ref_w * scale)), max(1, round(ref_h * scale))))
+            reference = resize(reference, (max(1, round(ref_w * scale)), max(1, round(ref_h * scale))))
         files.append((f"reference_{i + 1}.png", encode_png(reference), "image/png"))
     mask_file = None
     if mask is not None:
@@ -614,6 +626,30 @@ def edit_candidates(request: RepairRequest) -> tuple[RepairResult, list[np.ndarr
         notes=notes,
     )
     return result, candidates
+
+
+# --- the backend ---------------------------------------------------------------------------------
+
+
+def _ready(model: str | None) -> None:
+    import importlib.util
+
+    if not os.environ.get("OPENAI_API_KEY"):
+        raise RepairError("the openai backend needs an API key: set OPENAI_API_KEY "
+                          "(and OPENAI_BASE_URL for another endpoint)")
+    if importlib.util.find_spec("openai") is None:
+        raise RepairError("the openai backend needs the openai package: pip install 'openai>=2.8,<3'")
+
+
+BACKEND = register_backend(BackendSpec(
+    name="openai", module=__name__, tool=TOOL_NAME,
+    description="GPT Image edits through the openai client; the mask is a hint, paid per call",
+    paid=True, keeps_unmasked=False, prompt_style="gpt_image", default_model=DEFAULT_MODEL,
+    env=(EnvVar("OPENAI_API_KEY", "the API key (required)"),
+         EnvVar("OPENAI_BASE_URL", "another Images-API-compatible endpoint (default: OpenAI's)")),
+    settings=(BackendSetting("model", "", f"GPT Image model; '' = {DEFAULT_MODEL}"),
+              BackendSetting("quality", "high", "low | medium | high | auto: the quality of loop repairs")),
+    check=_ready, estimate=estimate_usd))
 
 
 @register_tool(TOOL_NAME, paid=True)
