@@ -18,20 +18,22 @@ pytest.importorskip("diffusers")
 from tests.conftest import photo  # noqa: E402
 from tests.tiny_pipelines import IP_ADAPTER_WEIGHT, build_tiny_models, tiny_tokenizer  # noqa: E402
 from fixloop.tools.base import TOOLS, RepairError, RepairRequest  # noqa: E402
+from fixloop.tools import diffusion  # noqa: E402
 from fixloop.tools.diffusion import (  # noqa: E402
     DiffusionSettings,
     clear_pipeline_cache,
-    composite_back,
     control_map,
     control_source,
-    crop_box,
     diffusion_repair,
     draw_openpose,
+    has_ip_adapter,
     load_pipeline,
     openpose_keypoints,
+    pipeline_arguments,
     pose_landmarks,
     working_size,
 )
+from fixloop.tools.masks import crop_box, default_feather  # noqa: E402
 
 PHOTO = "body_skier_01.jpg"  # 640 x 425, one person in full view
 
@@ -218,6 +220,53 @@ def test_ip_adapter_reference_reaches_the_output(models, scene, box_mask):
     assert np.abs(strong.image.astype(int) - off.image)[box_mask].mean() > 2
 
 
+def _plain(models, kind="inpaint"):
+    import torch
+
+    return load_pipeline(DiffusionSettings(model=str(models.base)), kind, "cpu", torch.float32)
+
+
+def test_a_control_map_or_reference_the_pipeline_cannot_take_is_an_error(models):
+    """pipeline_arguments never drops a conditioning input the report would list as used."""
+    from PIL import Image
+
+    plain = _plain(models)
+    assert not has_ip_adapter(plain)
+    grey = Image.new("RGB", (64, 64))
+    call = {"prompt": "a photo", "image": grey, "mask_image": Image.new("L", (64, 64), 255), "height": 64, "width": 64}
+    assert pipeline_arguments(plain, dict(call)) == call  # all of these it takes
+    with pytest.raises(RepairError) as error:
+        pipeline_arguments(plain, {**call, "control_image": grey, "controlnet_conditioning_scale": 0.6})
+    message = str(error.value)
+    assert "\n" not in message and "does not take a control map" in message and "parameters['controlnet']" in message
+    with pytest.raises(RepairError, match="has no IP-Adapter loaded.*drop parameters\\['ip_adapter'\\]"):
+        pipeline_arguments(plain, {**call, "ip_adapter_image": grey})
+    img2img = _plain(models, "img2img")
+    kept = pipeline_arguments(img2img, {"prompt": "a photo", "image": grey, "height": 64, "width": 64})
+    assert kept == {"prompt": "a photo", "image": grey}  # img2img sizes the output from the image
+    with pytest.raises(RepairError, match="does not take a mask"):
+        pipeline_arguments(img2img, {"prompt": "a photo", "image": grey, "mask_image": grey})
+
+
+@pytest.mark.parametrize("asked, dropped", [
+    ({"controlnet": "CONTROLNET", "control": "canny"}, "controlnet"),
+    ({"ip_adapter": "IP_ADAPTER", "ip_adapter_weight": IP_ADAPTER_WEIGHT}, "ip_adapter"),
+])
+def test_the_tool_refuses_a_pipeline_that_lacks_what_the_settings_ask_for(models, scene, box_mask, monkeypatch,
+                                                                            asked, dropped):
+    """A pipeline loaded without the ControlNet / IP-Adapter the settings name (here: the cache
+    handing back the plain one) fails in one line before it runs, instead of running unconditioned."""
+    real_load = diffusion.load_pipeline
+    monkeypatch.setattr(diffusion, "load_pipeline", lambda settings, kind, device, dtype: real_load(
+        settings.model_copy(update={dropped: None}), kind, device, dtype))
+    paths = {"CONTROLNET": str(models.controlnet), "IP_ADAPTER": str(models.ip_adapter)}
+    parameters = {key: paths.get(value, value) for key, value in asked.items()}
+    reference = cv2.resize(photo("face_obama_01.jpg"), (48, 48), interpolation=cv2.INTER_AREA)
+    with pytest.raises(RepairError) as error:
+        run(scene, models, mask=box_mask, references=[reference], **parameters)
+    assert "\n" not in str(error.value) and "StableDiffusionInpaintPipeline" in str(error.value)
+
+
 def test_crop_first_works_on_the_mask_box_only(models):
     image = cv2.resize(photo(PHOTO), (160, 106), interpolation=cv2.INTER_AREA)
     mask = np.zeros(image.shape[:2], dtype=bool)
@@ -230,22 +279,17 @@ def test_crop_first_works_on_the_mask_box_only(models):
     assert (np.abs(result.image.astype(int) - image).max(axis=2) > 0)[mask].mean() > 0.5
 
 
-def test_composite_back_fades_in_inside_the_mask_only():
-    original = np.zeros((9, 9, 3), dtype=np.uint8)
-    generated = np.full((9, 9, 3), 200, dtype=np.uint8)
-    mask = np.zeros((9, 9), dtype=bool)
-    mask[2:7, 2:7] = True
-    hard = composite_back(original, generated, mask, feather=0)
-    assert np.array_equal(hard[..., 0], np.where(mask, 200, 0))
-    soft = composite_back(original, generated, mask, feather=2)[..., 0]
-    expected = np.zeros((9, 9), dtype=np.uint8)
-    expected[2:7, 2:7] = 100  # one pixel in from the edge: half way
-    expected[3:6, 3:6] = 200  # two and more: all generated
-    assert np.array_equal(soft, expected)
-    corner = np.zeros((9, 9), dtype=bool)
-    corner[:4, :4] = True  # touches the image border: no fade along it
-    at_border = composite_back(original, generated, corner, feather=2)[..., 0]
-    assert at_border[0, 0] == 200 and at_border[3, 0] == 100 and at_border[4, 0] == 0
+def test_composite_back_is_the_shared_one_with_the_shared_default(models, scene, box_mask):
+    """The fade inside the mask is tools.masks.composite (as in local.composite_back), by default
+    over tools.masks.default_feather: the seeded result with a feather is the hard-edged one
+    composited back over the input."""
+    from fixloop.tools.masks import composite
+
+    hard = run(scene, models, mask=box_mask, feather=0)
+    soft = run(scene, models, mask=box_mask)
+    assert soft.parameters["feather_px"] == default_feather(scene.shape) == 2.0
+    assert np.array_equal(soft.image, composite(scene, hard.image, box_mask, 2.0))
+    assert not np.array_equal(soft.image, hard.image)
 
 
 def test_depth_map_from_a_16_bit_file_is_stretched_and_cropped(tmp_path):
@@ -270,8 +314,8 @@ def test_working_size_and_crop_box():
     assert working_size(768, 1344, 1024) == (584, 1024)
     mask = np.zeros((20, 30), dtype=bool)
     mask[5:8, 10:12] = True
-    assert crop_box(mask, 3) == (7, 2, 15, 11)
-    assert crop_box(mask, 50) == (0, 0, 30, 20)
+    assert crop_box(mask, mask.shape, padding=3) == (7, 2, 15, 11)
+    assert crop_box(mask, mask.shape, padding=50) == (0, 0, 30, 20)
 
 
 def test_missing_model_folder_is_a_one_line_error(scene, tmp_path):

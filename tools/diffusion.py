@@ -17,9 +17,12 @@ The steps of one call:
    8), the control map (canny from OpenCV, an openpose skeleton drawn from MediaPipe pose landmarks,
    a user depth map or a ready-made control image) and the IP-Adapter reference;
 3. run the pipeline with a generator seeded on the chosen device, so one seed gives one result;
-4. post-process: back to the input's geometry, then composite-back: every pixel outside the mask
-   is the input's own pixel (a hard guarantee), and the repaired area fades in over ``feather``
-   pixels inside the mask.
+   every conditioning input asked for must be one the pipeline takes (:func:`pipeline_arguments`:
+   a control map for a pipeline without ControlNet is an error, not silently dropped);
+4. post-process: back to the input's geometry, then composite-back (``tools.masks.composite``, the
+   same blend and default feather as ``local.composite_back``): every pixel outside the mask is the
+   input's own pixel (a hard guarantee), and the repaired area fades in over ``feather`` pixels
+   inside the mask.
 
 Parameters (``request.parameters``): ``model`` (or ``FIXLOOP_DIFFUSION_MODEL``), ``strength``
 (alias ``denoise``), ``guidance`` (``guidance_scale``, ``cfg``), ``steps``, ``seed``, ``scheduler``,
@@ -46,14 +49,19 @@ import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fixloop.tools.base import (
+    BackendSetting,
+    BackendSpec,
+    EnvVar,
     ModerationBlocked,
     RepairError,
     RepairRequest,
     RepairResult,
     check_image,
     check_mask,
+    register_backend,
     register_tool,
 )
+from fixloop.tools.masks import composite, crop_box, default_feather, resize, resize_mask
 
 TOOL_NAME = "diffusers"
 MODEL_ENV = "FIXLOOP_DIFFUSION_MODEL"
@@ -103,7 +111,8 @@ class DiffusionSettings(BaseModel):
     size: int | None = Field(None, ge=64, le=4096, description="working long side; None = the model's native side")
     crop_padding: int | None = Field(None, ge=0, description="crop-first: work on the mask's box plus this many px")
     feather: float | None = Field(None, ge=0.0, description="px over which the repair fades in inside the mask; "
-                                                            "None = 0.5 % of the diagonal, at least 2")
+                                                            "None = tools.masks.default_feather (0.5 % of the "
+                                                            "diagonal, at least 2)")
     device: str = Field("auto", description="auto, cuda, cuda:N, mps or cpu")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     local_files_only: bool | None = Field(None, description="None = offline when HF_HUB_OFFLINE is set")
@@ -136,6 +145,36 @@ class DiffusionSettings(BaseModel):
 
 def _describe(value: Any) -> str:
     return f"array {value.shape[1]}x{value.shape[0]}" if isinstance(value, np.ndarray) else str(value)
+
+
+# ---- the backend ---------------------------------------------------------------------------------
+
+
+def _ready(model: str | None) -> None:
+    """The diffusers backend can run: torch and diffusers installed, a checkpoint named, and a
+    local checkpoint folder present (a hub id is checked when it loads). Imports nothing heavy."""
+    import importlib.util
+
+    missing = [name for name in ("torch", "diffusers") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise RepairError(f"the diffusers backend needs {' and '.join(missing)}: pip install 'fixloop[diffusion]'")
+    if not model:
+        raise RepairError(f"the diffusers backend needs an inpainting checkpoint: pass --model PATH_OR_HUB_ID "
+                          f"or set {MODEL_ENV}")
+    check_model_location(model, "diffusion model", "model_index.json")
+
+
+BACKEND = register_backend(BackendSpec(
+    name="diffusers", module=__name__, tool=TOOL_NAME,
+    description="diffusion inpaint / img2img of a local or hub checkpoint, with ControlNet and IP-Adapter; "
+                "pixels outside the mask are kept exactly",
+    strength=True, control=True, prompt_style="diffusion", model_env=MODEL_ENV,
+    env=(EnvVar(MODEL_ENV, "the inpainting checkpoint (folder or hub id) when --model names none"),
+         EnvVar("HF_HUB_OFFLINE", "1 = load checkpoints from the local cache only"),
+         EnvVar("HF_HOME", "where the hub cache lives")),
+    settings=(BackendSetting("model", "", f"inpainting checkpoint (folder or hub id); '' = {MODEL_ENV}"),
+              BackendSetting("controlnet", "", "ControlNet for the control-map rung; '' = that rung is skipped")),
+    check=_ready))
 
 
 # ---- step 1: check inputs ---------------------------------------------------------------------
@@ -383,22 +422,6 @@ def working_size(width: int, height: int, long_side: int, multiple: int = SIZE_M
             max(multiple, int(round(height * scale / multiple)) * multiple))
 
 
-def crop_box(mask: np.ndarray, padding: int) -> tuple[int, int, int, int]:
-    """The mask's bounding box grown by ``padding`` px on each side, clipped to the image: x0, y0, x1, y1."""
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    return (max(0, int(xs.min()) - padding), max(0, int(ys.min()) - padding),
-            min(w, int(xs.max()) + 1 + padding), min(h, int(ys.max()) + 1 + padding))
-
-
-def resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Area averaging to shrink, bicubic to enlarge (size is w, h)."""
-    if (array.shape[1], array.shape[0]) == size:
-        return array.copy()
-    shrinking = size[0] * size[1] < array.shape[0] * array.shape[1]
-    return cv2.resize(array, size, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
-
-
 def canny_map(image: np.ndarray, low: int = 100, high: int = 200) -> np.ndarray:
     """White edges on black (H x W x 3 uint8), the canny ControlNet's input."""
     edges = cv2.Canny(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), low, high)
@@ -535,21 +558,54 @@ def control_map(source: np.ndarray | None, settings: DiffusionSettings, box: tup
     return region
 
 
-# ---- step 4: post-process -----------------------------------------------------------------------
+# ---- step 3: the pipeline call ----------------------------------------------------------------------
 
-def composite_back(original: np.ndarray, generated: np.ndarray, mask: np.ndarray, feather: float) -> np.ndarray:
-    """Keep ``original`` outside ``mask`` exactly; inside, fade ``generated`` in over ``feather`` px from
-    the mask's edge (the image border does not count as an edge)."""
-    if feather <= 0:
-        alpha = mask.astype(np.float32)
-    else:
-        # distance to the nearest unmasked pixel; a 1-px frame of ones keeps the image border out of it
-        framed = cv2.copyMakeBorder(mask.astype(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=1)
-        distance = cv2.distanceTransform(framed, cv2.DIST_L2, 5)[1:-1, 1:-1]
-        alpha = np.clip(distance / feather, 0.0, 1.0)
-    blend = original.astype(np.float32) * (1 - alpha[..., None]) + generated.astype(np.float32) * alpha[..., None]
-    out = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
-    return np.where(mask[..., None], out, original)
+# Arguments a pipeline may lack without changing the repair: img2img pipelines size the output from
+# the image they are given, so they take no height / width.
+SIZE_ARGUMENTS = frozenset({"height", "width"})
+# What each conditioning argument is, and what to do when the pipeline cannot take it.
+CONDITIONING = {
+    "mask_image": ("a mask", "use an inpainting checkpoint, or drop the mask for img2img"),
+    "control_image": ("a control map", "it was loaded without a ControlNet: set parameters['controlnet'] "
+                                       "or drop parameters['control'] / parameters['control_image']"),
+    "controlnet_conditioning_scale": ("a control scale", "it was loaded without a ControlNet: set "
+                                                         "parameters['controlnet'] or drop the control map"),
+    "ip_adapter_image": ("an IP-Adapter reference", "drop parameters['ip_adapter'] or use an SD / SDXL checkpoint"),
+}
+
+
+def has_ip_adapter(pipe) -> bool:
+    """True when an IP-Adapter is loaded into the pipeline's UNet (its image projection layers)."""
+    unet = getattr(pipe, "unet", None)
+    return hasattr(getattr(unet, "encoder_hid_proj", None), "image_projection_layers")
+
+
+def pipeline_arguments(pipe, call: dict[str, Any], settings: DiffusionSettings | None = None,
+                       notes: list[str] | None = None) -> dict[str, Any]:
+    """The arguments of one pipeline call, checked against what ``pipe`` takes. Every setting the
+    report lists must reach the pipeline: a conditioning input it does not take (a control map
+    without a ControlNet, an IP-Adapter reference with none loaded, a mask for an img2img pipeline)
+    is a one-line :class:`RepairError`, never dropped. Only the working size (which img2img
+    pipelines take from the image) and the negative prompt (noted in ``notes``) may be left out."""
+    accepted = inspect.signature(pipe.__call__).parameters  # named only: **kwargs swallows anything
+    name = type(pipe).__name__
+    if "ip_adapter_image" in call and not has_ip_adapter(pipe):
+        raise RepairError(f"{name} has no IP-Adapter loaded, so the reference would be ignored: "
+                          f"{CONDITIONING['ip_adapter_image'][1]}")
+    kept: dict[str, Any] = {}
+    for key, value in call.items():
+        if key in accepted:
+            kept[key] = value
+        elif key in SIZE_ARGUMENTS:
+            continue
+        elif key == "negative_prompt":
+            if value and notes is not None:
+                notes.append(f"negative_prompt not used: {name} takes none")
+        else:
+            what, fix = CONDITIONING.get(key, (f"the argument {key!r}", "drop the setting that asks for it"))
+            model = f" ({settings.model})" if settings is not None else ""
+            raise RepairError(f"{name}{model} does not take {what}: {fix}")
+    return kept
 
 
 # ---- the entry call -----------------------------------------------------------------------------
@@ -573,7 +629,7 @@ def diffusion_repair(request: RepairRequest) -> RepairResult:
     # 2. prepare: pipeline, working region and size, control map, reference
     pipe = load_pipeline(settings, kind, device, dtype)
     h, w = image.shape[:2]
-    box = (0, 0, w, h) if settings.crop_padding is None else crop_box(mask, settings.crop_padding)
+    box = (0, 0, w, h) if settings.crop_padding is None else crop_box(mask, mask.shape, padding=settings.crop_padding)
     x0, y0, x1, y1 = box
     long_side = settings.size or native_side(pipe)
     multiple = math.lcm(SIZE_MULTIPLE, int(pipe.vae_scale_factor))
@@ -592,7 +648,7 @@ def diffusion_repair(request: RepairRequest) -> RepairResult:
     }
     notes: list[str] = []
     if mask is not None:
-        region_mask = resize(mask[y0:y1, x0:x1].astype(np.float32), size) > 0  # any coverage counts
+        region_mask = resize_mask(mask[y0:y1, x0:x1], size, any_coverage=True)
         call["mask_image"] = Image.fromarray(region_mask.astype(np.uint8) * 255)
     elif is_inpainting_checkpoint(pipe):
         call["mask_image"] = Image.new("L", size, 255)
@@ -605,8 +661,7 @@ def diffusion_repair(request: RepairRequest) -> RepairResult:
         call["ip_adapter_image"] = Image.fromarray(request.references[0])
         if len(request.references) > 1:
             notes.append(f"IP-Adapter used the first of {len(request.references)} references")
-    accepted = inspect.signature(pipe.__call__).parameters
-    call = {key: value for key, value in call.items() if key in accepted}
+    call = pipeline_arguments(pipe, call, settings, notes)
 
     # 3. run, seeded on the chosen device (mps draws its noise on the CPU, as diffusers advises,
     # because its own generator is not reproducible across runs)
@@ -629,8 +684,8 @@ def diffusion_repair(request: RepairRequest) -> RepairResult:
     result[y0:y1, x0:x1] = resize(generated, (x1 - x0, y1 - y0))
     feather = 0.0
     if mask is not None:
-        feather = settings.feather if settings.feather is not None else max(2.0, 0.005 * float(np.hypot(w, h)))
-        result = composite_back(image, result, mask, feather)
+        feather = settings.feather if settings.feather is not None else default_feather(image.shape)
+        result = composite(image, result, mask, feather)
     if size != (x1 - x0, y1 - y0):
         notes.append(f"worked at {size[0]}x{size[1]}, brought back to {x1 - x0}x{y1 - y0}")
 
