@@ -319,20 +319,20 @@ def read_rows(text: str) -> tuple[list[dict[str, Any]], int]:
 # ---- one worker: models loaded once, one row per item ----------------------------------------------
 
 
-# The cached model loaders of the checks (module, function): a second load of one shows as a second miss.
-MODEL_LOADERS = (("analyses", "_pose_model"), ("analyses", "_face_model"), ("analyses", "_hands_model"),
-                 ("analyses", "_segmentation_model"), ("identity", "_dlib_models"), ("identity", "_arcface_session"))
-
-
 def model_loads() -> dict[str, int]:
-    """How often this process loaded each model (each loader is cached: 1 = loaded once, 0 = not needed yet)."""
-    import importlib
+    """How often this process loaded each model of the checks: 1 = loaded once, 0 = not needed yet.
 
-    loads = {}
-    for module_name, function in MODEL_LOADERS:
-        loader = getattr(importlib.import_module(f"fixloop.checks.{module_name}"), function, None)
-        if hasattr(loader, "cache_info"):
-            loads[function.strip("_")] = loader.cache_info().misses
+    Read from the loaders themselves, whatever their shape: a cached loader function (its cache
+    misses: a reload would show as 2) or a lazily built graph holder (built or not)."""
+    from fixloop.checks import analyses, identity
+
+    loads: dict[str, int] = {}
+    for module in (analyses, identity):
+        for name, value in sorted(vars(module).items()):
+            if callable(value) and hasattr(value, "cache_info") and name.endswith(("_model", "_models", "_session")):
+                loads[name.strip("_").lower()] = value.cache_info().misses
+            elif hasattr(value, "_build") and hasattr(value, "_graph"):
+                loads[name.strip("_").lower()] = int(value._graph is not None)
     return loads
 
 

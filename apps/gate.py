@@ -40,6 +40,9 @@ from fixloop.checks.images import InputError
 ENGINES = ("local", "ray")
 OUTPUT_NAMES = ("results.jsonl", "summary.json", "junit.xml", "report.html")
 RowSink = Callable[[dict[str, Any]], None]
+# glog and TensorFlow builds that read these stay quiet in the workers (set unless the user set them)
+QUIET_NATIVE = {name: os.environ.get(name, value) for name, value in (("GLOG_minloglevel", "2"),
+                                                                         ("TF_CPP_MIN_LOG_LEVEL", "3"))}
 
 
 class GateAborted(Exception):
@@ -248,6 +251,7 @@ def _worker_main(conn, policy: str | None, fail_on: list[str], threads: int) -> 
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides what Ctrl-C stops
+    _quiet_worker_stderr()
     try:
         checker = batch.GateChecker(policy, fail_on, threads=threads)
     except BaseException as exc:  # noqa: BLE001 - reported to the driver, which stops the run
@@ -264,6 +268,30 @@ def _worker_main(conn, policy: str | None, fail_on: list[str], threads: int) -> 
         row = checker.check(GateItem.from_dict(message))
         row["_worker"] = checker.stats()
         conn.send(("row", row))
+
+
+def _quiet_worker_stderr() -> None:
+    """A worker is a process the gate owns: keep MediaPipe's native start-up notes (one set per model and
+    worker) off the terminal. The checks' own filter is used where the checks offer one; otherwise
+    file descriptor 2 goes to /dev/null while Python's stderr keeps the terminal (tracebacks still show).
+    FIXLOOP_NATIVE_LOGS=1 keeps the notes."""
+    if os.environ.get("FIXLOOP_NATIVE_LOGS") == "1":
+        return
+    from fixloop.checks import models
+
+    quiet = getattr(models, "quiet_native_logs", None)
+    if quiet is not None:
+        quiet()
+        return
+    try:
+        sys.stderr.flush()
+        terminal = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        sys.stderr = terminal
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 @dataclass
@@ -298,7 +326,7 @@ def run_local(plan: GatePlan, items: Sequence[GateItem], sink: RowSink) -> None:
 
     def start() -> None:
         parent, child = context.Pipe()
-        with _environment(batch.thread_environment(threads)):
+        with _environment({**batch.thread_environment(threads), **QUIET_NATIVE}):
             process = context.Process(target=_worker_main, args=(child, plan.policy, plan.fail_on, threads),
                                       daemon=True, name="fixloop-gate-worker")
             process.start()
@@ -657,6 +685,6 @@ def print_summary(outcome: GateOutcome, console=None) -> None:
         names = pairing.get(key) or []
         if names:
             shown = ", ".join(Path(n).name for n in names[:5]) + (", ..." if len(names) > 5 else "")
-            console.print(f"  {len(names)} {label}: {escape(shown)}")
+            console.print(f"  {label} ({len(names)}): {escape(shown)}")
     console.print(f"  wrote {escape(str(outcome.outputs['report.html']))} (and results.jsonl, summary.json, "
                   f"junit.xml beside it)")
