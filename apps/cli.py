@@ -383,6 +383,31 @@ def gate(
     raise typer.Exit(outcome.summary["exit_code"])
 
 
+@app.command()
+def chat(
+    image: Optional[Path] = typer.Argument(None, help="the edited image to talk about (or attach one later)"),
+    source: Optional[Path] = typer.Option(None, "--source", "-s", help="the image before the edit"),
+    reference: List[Path] = typer.Option([], "--reference", "-r", help="identity / style reference (repeatable)"),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="local, openai or diffusers (default: openai "
+                                          "when OPENAI_API_KEY is set, else local)"),
+    model: Optional[str] = typer.Option(None, "--model", help="GPT Image model, or the diffusers checkpoint"),
+    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", min=0.0, help="US dollars at most for paid repairs"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for the images it makes "
+                                       "(default: fixloop-chat/CONVERSATION_ID)"),
+    conversation: Optional[str] = typer.Option(None, "--conversation", "-c", help="continue this conversation"),
+) -> None:
+    """Talk to fixloop: check, repair, adjust the light, undo; one message per line when stdin is not a terminal."""
+    from fixloop.apps.chat import ChatUsageError, run_chat
+    from fixloop.checks.images import InputError
+
+    try:
+        code = run_chat(image, source, reference, backend=backend, budget_usd=budget_usd, out=out,
+                        conversation=conversation, model=model)
+    except (ChatUsageError, InputError) as exc:
+        _fail_input(str(exc))
+    raise typer.Exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script. Usage errors (no argument, an unknown option, a value out of range) are one
     ``fixloop: ...`` line and exit 2, like every other refusal; ``--help`` is Typer's own."""
