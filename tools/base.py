@@ -84,8 +84,12 @@ class ToolSpec:
 
 TOOLS: Registry[ToolSpec] = Registry("repair tool", "tools")
 
-# The module that registers each tool family (the part of a tool's name before the first dot).
-TOOL_MODULES = {"local": "fixloop.tools.local", "openai": "fixloop.tools.openai_images", "diffusers": "fixloop.tools.diffusion"}
+# The module that declares each backend and registers its tools: adding a backend is its module,
+# this line and the README.
+BACKEND_MODULES = {"local": "fixloop.tools.local", "openai": "fixloop.tools.openai_images",
+                   "diffusers": "fixloop.tools.diffusion"}
+# A tool's family (the part of its name before the first dot) is the backend whose module registers it.
+TOOL_MODULES = BACKEND_MODULES
 
 
 def load_tool(name: str) -> ToolSpec:
@@ -215,10 +219,6 @@ class BackendSpec:
 
 
 BACKENDS: Registry[BackendSpec] = Registry("repair backend", "backends")
-
-# The module that declares each backend: adding a backend is its module, this line and the README.
-BACKEND_MODULES = {"local": "fixloop.tools.local", "openai": "fixloop.tools.openai_images",
-                   "diffusers": "fixloop.tools.diffusion"}
 
 
 def backend_names() -> list[str]:
