@@ -97,6 +97,15 @@ class Region(BaseModel):
     area_fraction: float | None = Field(default=None, description="share of the image the region covers")
     mask_file: str | None = None
 
+    @classmethod
+    def of_mask(cls, full: np.ndarray, box: list[int] | None = None) -> "Region":
+        """The region of a candidate-resolution bool mask: ``box`` (the mask's own bounding box when
+        not given) and the share of the image the mask covers."""
+        if box is None:
+            ys, xs = np.nonzero(full)
+            box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if xs.size else None
+        return cls(box=box, area_fraction=round(float(full.mean()), 5))
+
 
 class Finding(BaseModel):
     """One defect found by one check."""

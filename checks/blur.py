@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from pydantic import Field, model_validator
 
-from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
 from fixloop.checks.context import AnalysisImage, CheckContext
 
 CLIPPED, CRUSHED = 0.98, 0.02  # grey levels at or beyond which a pixel carries no detail
@@ -194,11 +194,7 @@ def check_texture_blur(ctx: CheckContext, params: BlurParams):
     else:
         return []
 
-    ys, xs = np.nonzero(tiles)
-    tw, th = m.tile_size
-    box = ctx.candidate_box([xs.min() * tw, ys.min() * th, (xs.max() + 1) * tw, (ys.max() + 1) * th])
-    full = cv2.resize(tiles.astype(np.uint8), ctx.candidate.original_size, interpolation=cv2.INTER_NEAREST)
-    full = full.astype(bool)
+    region, full = ctx.mask_region(tiles, cell=m.tile_size)
     evidence["soft_fraction"] = round(float(tiles.mean()), 4)
     return [
         make_finding(
@@ -208,7 +204,7 @@ def check_texture_blur(ctx: CheckContext, params: BlurParams):
             threshold=threshold,
             unit="detail ratio",
             message=message,
-            region=Region(box=box, area_fraction=round(float(full.mean()), 5)),
+            region=region,
             evidence=evidence,
             mask=full,
         )

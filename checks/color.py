@@ -21,6 +21,7 @@ from pydantic import Field
 
 from fixloop.checks.base import CheckParams, Priority, make_finding, register_check
 from fixloop.checks.context import CheckContext
+from fixloop.checks.geometry import shrink
 
 # Linear sRGB -> CIE XYZ (D65)
 RGB_TO_XYZ = np.array(
@@ -122,12 +123,8 @@ def fit_gains(before: np.ndarray, after: np.ndarray, region: np.ndarray, before_
 
 
 def _small(array: np.ndarray) -> np.ndarray:
-    h, w = array.shape[:2]
-    scale = min(1.0, FIT_SIDE / max(h, w))
-    if scale == 1.0:
-        return array
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(array.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    """A float32 view at most FIT_SIDE px on the long side."""
+    return shrink(array.astype(np.float32, copy=False), FIT_SIDE)[0]
 
 
 def measure_white_balance(ctx: CheckContext) -> WhiteBalanceShift:

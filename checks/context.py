@@ -3,8 +3,12 @@
 Images are decoded once and brought to one common *analysis size* once: when the candidate and the
 source differ in size (a backend returns 1024x1536 for a 1000x1500 input), both are compared at the
 smaller of the two, so that resampling alone never looks like blur. Derived views (grey, CIELAB,
-linear light) and model analyses are computed on first use and cached on the context, so checks that
-need the same thing share it.
+linear light) and model analyses are computed on first use and cached on the context and its images,
+so checks that need the same thing share it. A context belongs to one run of the checks (one thread);
+the models behind the analyses are shared by every thread of the process (:mod:`fixloop.checks.analyses`).
+
+Candidate and source are pixel-aligned when their aspect ratios agree within ``ASPECT_TOLERANCE``
+(:func:`same_aspect`, the one test of that for every layer).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any, Callable, Sequence
 import cv2
 import numpy as np
 
+from fixloop.checks.base import Region
+from fixloop.checks.geometry import disc, fit_size, mask_box, pixel_box, resize_image, resize_mask
 from fixloop.checks.images import (
     SRGB8_TO_LINEAR,
     DecodedImage,
@@ -35,6 +41,13 @@ DEFAULT_MAX_SIDE = 2048
 ASPECT_TOLERANCE = 0.03
 
 
+def same_aspect(size_a: Sequence[int], size_b: Sequence[int], tolerance: float = ASPECT_TOLERANCE) -> bool:
+    """True when two (w, h) sizes have the same aspect ratio within ``tolerance`` (relative): one is
+    a resampled copy of the other rather than a re-framing. Pass numpy shapes as ``(shape[1], shape[0])``."""
+    (wa, ha), (wb, hb) = size_a[:2], size_b[:2]
+    return abs((wa / ha) / (wb / hb) - 1.0) <= tolerance
+
+
 class AnalysisImage:
     """One image at the analysis size, with lazily computed, cached views."""
 
@@ -43,8 +56,8 @@ class AnalysisImage:
         self.path = decoded.path
         self.original_size = decoded.size
         self.size = size
-        self.pixels = _resize(decoded.pixels, size)  # uint8, or float32 for deep inputs
-        self.alpha = None if decoded.alpha is None else _resize(decoded.alpha, size)
+        self.pixels = resize_image(decoded.pixels, size)  # uint8, or float32 for deep inputs
+        self.alpha = None if decoded.alpha is None else resize_image(decoded.alpha, size)
         self._analyses: dict[str, Any] = {}
 
     def shared(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -89,20 +102,9 @@ class AnalysisImage:
 SRGB_TO_LINEAR = SRGB8_TO_LINEAR.astype(np.float32)
 
 
-def _resize(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if (array.shape[1], array.shape[0]) == size:
-        return array
-    shrinking = size[0] <= array.shape[1]
-    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
-    out = cv2.resize(array, size, interpolation=interpolation)
-    return out if out.dtype == np.uint8 else np.clip(out, 0, 1)
-
-
 def analysis_size(sizes: Sequence[tuple[int, int]], max_side: int) -> tuple[int, int]:
     """The smallest of the given (w, h) sizes by area, capped so its long side is <= max_side."""
-    w, h = min(sizes, key=lambda s: s[0] * s[1])
-    scale = min(1.0, max_side / max(w, h))
-    return (max(1, round(w * scale)), max(1, round(h * scale)))
+    return fit_size(min(sizes, key=lambda s: s[0] * s[1]), max_side)[0]
 
 
 @dataclass
@@ -151,8 +153,7 @@ class CheckContext:
             if self.mask is None:
                 return whole
             radius = max(1, round(margin * float(np.hypot(*self.size))))
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-            grown = cv2.dilate(self.mask.astype(np.uint8), kernel).astype(bool)
+            grown = cv2.dilate(self.mask.astype(np.uint8), disc(radius)).astype(bool)
             outside = ~grown
             return outside if outside.mean() >= min_fraction else whole
 
@@ -161,21 +162,28 @@ class CheckContext:
     def candidate_box(self, box: Sequence[float]) -> list[int]:
         """Analysis-size box [x0, y0, x1, y1] -> candidate-pixel box, clipped to the image."""
         s = self.scale_to_candidate
-        w, h = self.candidate.original_size
-        x0, y0, x1, y1 = box
-        return [
-            int(max(0, min(w, np.floor(x0 * s)))),
-            int(max(0, min(h, np.floor(y0 * s)))),
-            int(max(0, min(w, np.ceil(x1 * s)))),
-            int(max(0, min(h, np.ceil(y1 * s)))),
-        ]
+        return list(pixel_box([v * s for v in box], self.candidate.original_size))
 
     def candidate_mask(self, mask: np.ndarray) -> np.ndarray:
-        """Analysis-size bool mask -> candidate-resolution bool mask."""
+        """Analysis-size bool mask (or a coarser grid over the analysis image) -> candidate-resolution
+        bool mask (nearest neighbour)."""
+        return resize_mask(mask, self.candidate.original_size)
+
+    def box_region(self, box: Sequence[float], digits: int = 5) -> Region:
+        """A finding's region from an analysis-size box: the box in candidate pixels and its share of
+        the image (rounded to ``digits``)."""
+        cbox = self.candidate_box(box)
         w, h = self.candidate.original_size
-        if mask.shape == (h, w):
-            return mask.astype(bool)
-        return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+        area = max(0, cbox[2] - cbox[0]) * max(0, cbox[3] - cbox[1]) / float(w * h)
+        return Region(box=cbox, area_fraction=round(area, digits))
+
+    def mask_region(self, mask: np.ndarray, cell: float | tuple[float, float] = 1) -> tuple[Region, np.ndarray]:
+        """A finding's region and candidate-resolution mask from a bool mask over the analysis image,
+        or over a coarser grid whose cells are ``cell`` analysis px (tiles, a working copy): the box of
+        its True cells in candidate pixels and the share of the image the mask covers."""
+        full = self.candidate_mask(mask)
+        box = mask_box(mask, cell)
+        return Region.of_mask(full, None if box is None else self.candidate_box(box)), full
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -196,7 +204,7 @@ class CheckContext:
         if source is not None:
             cw, ch = candidate.size
             sw, sh = source.size
-            if abs((cw / ch) / (sw / sh) - 1.0) > ASPECT_TOLERANCE:
+            if not same_aspect(candidate.size, source.size):
                 notes.append(
                     f"candidate aspect {cw}x{ch} differs from source aspect {sw}x{sh}: "
                     "pixel-aligned comparisons are skipped"
@@ -219,7 +227,7 @@ class CheckContext:
                 )
             if not mask.any():
                 raise InputError(f"{mask_name} is empty (no white pixels): paint the area the edit was allowed to change in white")
-            analysed_mask = _resize(mask.astype(np.float32), size) >= 0.5
+            analysed_mask = resize_image(mask.astype(np.float32), size) >= 0.5
         return cls(
             candidate=AnalysisImage(candidate, size),
             source=None if source is None else AnalysisImage(source, size),

@@ -97,8 +97,9 @@ import numpy as np
 from pydantic import Field
 
 from fixloop.checks import analyses
-from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
 from fixloop.checks.context import DEFAULT_MAX_SIDE, AnalysisImage, CheckContext, analysis_size
+from fixloop.checks.geometry import points_box, shrink, union_box
 
 EDGES = ("top", "bottom", "left", "right")
 # MediaPipe Pose landmark indices.
@@ -206,12 +207,6 @@ def _inside(point, size) -> bool:
 def _overlaps(extent, size) -> bool:
     """True when some of ``extent`` lies inside the frame."""
     return extent[0] < size[0] and extent[2] > 0 and extent[1] < size[1] and extent[3] > 0
-
-
-def _box(points: np.ndarray, grow: float = 0.0) -> tuple[float, float, float, float]:
-    x0, y0 = points.min(axis=0)
-    x1, y1 = points.max(axis=0)
-    return (float(x0 - grow), float(y0 - grow), float(x1 + grow), float(y1 + grow))
 
 
 @dataclass(frozen=True)
@@ -345,7 +340,7 @@ def measure_people(people: People, params: CropParams) -> PersonParts:
             points = marks[list(idx)]
             wrist, knuckles = points[0, :2], points[1:3, :2].mean(axis=0)
             tip = wrist + params.fingertip_factor * (knuckles - wrist)
-            extent = _box(np.vstack([points[:, :2], tip[None]]), 0.15 * max(float(np.linalg.norm(tip - wrist)), 1.0))
+            extent = points_box(np.vstack([points[:, :2], tip[None]]), 0.15 * max(float(np.linalg.norm(tip - wrist)), 1.0))
             seen = any(_inside(p[:2], size) and p[3] >= vis for p in points)
             _judge(parts, who, name, extent, extent, params.hand_outside, seen, margin, by, hand_edges)
         labels = None
@@ -359,7 +354,7 @@ def measure_people(people: People, params: CropParams) -> PersonParts:
                 continue  # the lower leg is out of frame, hidden, or the frame is at the knee: a framing
             points = marks[list(idx)]
             length = float(np.linalg.norm(points[1, :2] - points[2, :2]))
-            extent = _box(points[:, :2], max(0.15 * length, 0.05 * head))
+            extent = points_box(points[:, :2], max(0.15 * length, 0.05 * head))
             if _judge(parts, who, name, extent, extent, params.foot_outside, True, margin, by):
                 continue
             # the pose may have pulled the foot inside: the leg's mask running into the bottom edge decides
@@ -380,7 +375,7 @@ def measure_people(people: People, params: CropParams) -> PersonParts:
                                           "person mask at the edge under a knee in the frame"))
         torso = marks[list(SHOULDERS + HIPS)]
         shoulders = float(np.linalg.norm(marks[SHOULDERS[0], :2] - marks[SHOULDERS[1], :2]))
-        extent = _box(torso[:, :2], shoulders / 6)
+        extent = points_box(torso[:, :2], shoulders / 6)
         seen = any(_inside(p[:2], size) and p[3] >= vis for p in torso)
         shares = _outside(extent, size)
         for edge, other in (("left", "right"), ("right", "left")):
@@ -416,12 +411,7 @@ def people_in(image: AnalysisImage) -> People:
 
 
 def _gray_at(image: AnalysisImage, side: int) -> tuple[np.ndarray, float]:
-    scale = min(1.0, side / max(image.size))
-    gray = cv2.cvtColor(image.uint8, cv2.COLOR_RGB2GRAY)
-    if scale < 1.0:
-        gray = cv2.resize(gray, (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale))),
-                          interpolation=cv2.INTER_AREA)
-    return gray, scale
+    return shrink(cv2.cvtColor(image.uint8, cv2.COLOR_RGB2GRAY), side)
 
 
 def reframing(source: AnalysisImage, candidate: AnalysisImage) -> np.ndarray | None:
@@ -558,9 +548,7 @@ def check_subject_cropped(ctx: CheckContext, params: CropParams):
     aw, ah = ctx.size
     boxes = [(max(0.0, c.extent[0]), max(0.0, c.extent[1]), min(aw, c.extent[2]), min(ah, c.extent[3])) for c in cuts]
     boxes = [b for b in boxes if b[2] > b[0] and b[3] > b[1]] or [(0, 0, aw, ah)]
-    box = (min(b[0] for b in boxes), min(b[1] for b in boxes), max(b[2] for b in boxes), max(b[3] for b in boxes))
-    region_box = ctx.candidate_box(box)
-    area = (region_box[2] - region_box[0]) * (region_box[3] - region_box[1]) / float(w * h)
+    region = ctx.box_region(union_box(boxes), digits=4)
 
     worst = max(cuts, key=lambda c: c.outside / c.threshold)
     grow_text = ", ".join(f"{e} by {extend[e]} px ({extend_fraction[e]:.0%})" for e in edges)
@@ -582,7 +570,7 @@ def check_subject_cropped(ctx: CheckContext, params: CropParams):
         evidence["cut_in_source"] = sorted({f"{c.person}: {c.part}" for c in measure.inherited})
     return [make_finding("subject_cropped", params, score=worst.outside, threshold=worst.threshold,
                          unit="share of the body part outside the frame", message=message,
-                         region=Region(box=region_box, area_fraction=round(area, 4)), evidence=evidence)]
+                         region=region, evidence=evidence)]
 
 
 def _describe(cuts: list[PartCut]) -> str:

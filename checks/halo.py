@@ -34,8 +34,9 @@ import cv2
 import numpy as np
 from pydantic import Field, model_validator
 
-from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
 from fixloop.checks.context import AnalysisImage, CheckContext
+from fixloop.checks.geometry import disc
 
 GREY_BACKDROP = 0.5  # sRGB level a cut-out is composited over (L* about 53)
 REFERENCE_SIDE = 1024.0  # px; the offsets in the policy are pixels at this long side
@@ -404,11 +405,8 @@ def check_edge_halo(ctx: CheckContext, params: HaloParams):
     ring = np.zeros(ctx.size[::-1], np.uint8)
     ring[m.ys[f.points], m.xs[f.points]] = 1
     radius = max(1, int(round(params.band_px * m.scale)))
-    ring = cv2.dilate(ring, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)))
-    ring = ring.astype(bool)
-    ys, xs = np.nonzero(ring)
-    box = ctx.candidate_box([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    full = ctx.candidate_mask(ring)
+    ring = cv2.dilate(ring, disc(radius)).astype(bool)
+    region, full = ctx.mask_region(ring)
     side = "brighter" if polarity == "bright" else "darker"
     message = (f"A {polarity} fringe runs along {f.fraction:.0%} of the {WHERE[m.boundary]}, "
                f"{f.strength:.0f} L* {side} than both sides")
@@ -421,7 +419,7 @@ def check_edge_halo(ctx: CheckContext, params: HaloParams):
             threshold=fraction_limit(m, params),
             unit="share of boundary length",
             message=message,
-            region=Region(box=box, area_fraction=round(float(full.mean()), 5)),
+            region=region,
             evidence=evidence,
             mask=full,
         )

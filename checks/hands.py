@@ -68,6 +68,7 @@ from fixloop.checks import analyses
 from fixloop.checks.analyses import Hand, box_iou, same_hand
 from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
 from fixloop.checks.context import AnalysisImage, CheckContext
+from fixloop.checks.geometry import disc, pixel_box, resize_mask
 
 FINGER_NAMES = ("thumb", "index", "middle", "ring", "little")
 # Landmark chains per finger: thumb CMC-MCP-IP-tip; fingers MCP-PIP-DIP-tip.
@@ -235,19 +236,10 @@ def _skin_probability(crop: np.ndarray, skin: np.ndarray, background: np.ndarray
     return pf / (pf + pb + 1e-9)
 
 
-def _crop_box(hand: Hand, margin: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    """The hand's landmark box grown by ``margin`` px on each side, clipped to the image (int px)."""
-    w, h = size
-    x0, y0, x1, y1 = (float(v) for v in hand.box)
-    m = margin
-    return (int(max(0, np.floor(x0 - m))), int(max(0, np.floor(y0 - m))),
-            int(min(w, np.ceil(x1 + m))), int(min(h, np.ceil(y1 + m))))
-
-
 def measure_silhouette(image: AnalysisImage, shape: HandShape, others: list[Hand], params: HandsParams) -> None:
     """Segment the hand's skin and fill in the silhouette measurements of ``shape``."""
     hand, palm = shape.hand, shape.palm
-    X0, Y0, X1, Y1 = _crop_box(hand, CROP_MARGIN * palm, image.size)
+    X0, Y0, X1, Y1 = pixel_box([float(v) for v in hand.box], image.size, CROP_MARGIN * palm)
     if X1 - X0 < 8 or Y1 - Y0 < 8:
         return
     k = params.silhouette_px / palm
@@ -285,8 +277,7 @@ def measure_silhouette(image: AnalysisImage, shape: HandShape, others: list[Hand
     silhouette = labels == label
     shape.separation = separation
     shape.silhouette_box = (X0, Y0, X1, Y1)
-    shape.silhouette = cv2.resize(silhouette.astype(np.uint8), (X1 - X0, Y1 - Y0),
-                                  interpolation=cv2.INTER_NEAREST).astype(bool)
+    shape.silhouette = resize_mask(silhouette, (X1 - X0, Y1 - Y0))
     if separation < params.skin_min_separation:
         return
 
@@ -313,8 +304,7 @@ def measure_silhouette(image: AnalysisImage, shape: HandShape, others: list[Hand
     past_wrist = along > 0
     residual = (silhouette & ~near & ~past_wrist).astype(np.uint8)
     radius = max(1, int(round(0.05 * unit)))
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    residual = cv2.morphologyEx(residual, cv2.MORPH_OPEN, disc)
+    residual = cv2.morphologyEx(residual, cv2.MORPH_OPEN, disc(radius))
     count, parts, stats, _ = cv2.connectedComponentsWithStats(residual)
     palm_2d = max(float(np.linalg.norm(own[9] - own[0])), 1e-6)
     knuckle_line = np.zeros((hh, ww), np.uint8)
@@ -555,7 +545,7 @@ def structural_change(source: AnalysisImage, candidate: AnalysisImage, hand: Han
     """1 - normalised cross-correlation of the grey pixels in the hand's box (lightly blurred): 0 when
     only brightness, contrast, noise or sharpness changed, towards 1 when the content changed."""
     palm = max(palm_length(hand), 1.0)
-    x0, y0, x1, y1 = _crop_box(hand, 0.05 * palm, candidate.size)
+    x0, y0, x1, y1 = pixel_box([float(v) for v in hand.box], candidate.size, 0.05 * palm)
     if x1 - x0 < 4 or y1 - y0 < 4:
         return 0.0
     sigma = max(0.5, 0.08 * palm)
@@ -627,9 +617,7 @@ def repair_mask(size: tuple[int, int], hand: Hand, margin: float, shape: HandSha
 
 def _region(ctx: CheckContext, mask: np.ndarray) -> tuple[Region, np.ndarray]:
     full = ctx.candidate_mask(mask)
-    ys, xs = np.nonzero(full)
-    box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if xs.size else None
-    return Region(box=box, area_fraction=round(float(full.mean()), 5)), full
+    return Region.of_mask(full), full
 
 
 def _hand_evidence(ctx: CheckContext, shape: HandShape) -> dict:

@@ -55,7 +55,7 @@ from pydantic import Field
 
 from fixloop.checks import models
 from fixloop.checks.analyses import Face, faces
-from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
 from fixloop.checks.context import AnalysisImage, CheckContext
 
 # The standard ArcFace template (InsightFace ``face_align.arcface_dst``) for a 112 x 112 crop:
@@ -522,14 +522,6 @@ def face_repair_mask(size: tuple[int, int], box: Sequence[float], grow_side: flo
     return mask.astype(bool)
 
 
-def face_region(ctx: CheckContext, box: Sequence[float]) -> Region:
-    """The face box in candidate pixels, with its share of the image."""
-    cbox = ctx.candidate_box(box)
-    w, h = ctx.candidate.original_size
-    area = max(0, cbox[2] - cbox[0]) * max(0, cbox[3] - cbox[1]) / float(w * h)
-    return Region(box=cbox, area_fraction=round(area, 5))
-
-
 # ---- the check ---------------------------------------------------------------------------------
 
 
@@ -568,6 +560,6 @@ def check_identity_drift(ctx: CheckContext, params: IdentityParams):
             "identity_drift", params, score=comparison.score, threshold=embedder.threshold, unit=embedder.unit,
             message=(f"{the_face(comparison.name).capitalize()} no longer looks like {comparison.identity} "
                      f"({embedder.describe(comparison.score)}): repair the whole face with an identity reference."),
-            region=face_region(ctx, face.box), evidence=evidence, mask=ctx.candidate_mask(mask),
+            region=ctx.box_region(face.box), evidence=evidence, mask=ctx.candidate_mask(mask),
         ))
     return findings

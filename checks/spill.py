@@ -35,8 +35,9 @@ from pydantic import Field
 from skimage.color import deltaE_ciede2000
 from skimage.metrics import structural_similarity
 
-from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
 from fixloop.checks.context import AnalysisImage, CheckContext
+from fixloop.checks.geometry import disc, fit_size, resize_mask
 from fixloop.checks.images import as_float
 
 GLOBAL_SHARE = 0.5  # changed share of the unedited area above which the change is called global
@@ -79,13 +80,6 @@ class SpillMeasure:
     local_blobs: list[Blob] = field(default_factory=list)
 
 
-def working_size(size: tuple[int, int], work_side: int) -> tuple[tuple[int, int], float]:
-    """(w, h) at most ``work_side`` on the long side (never enlarged), and the factor used."""
-    w, h = size
-    s = min(1.0, work_side / max(w, h))
-    return (max(1, round(w * s)), max(1, round(h * s))), s
-
-
 def lab_at(image: AnalysisImage, size: tuple[int, int]) -> np.ndarray:
     """CIELAB of ``image`` at ``size``: its own ``lab`` view, or the same conversion of an
     area-downsampled copy (cheaper than converting all pixels and shrinking afterwards)."""
@@ -107,9 +101,7 @@ def _changed(
     delta_e[outside] = deltaE_ciede2000(source_lab[outside], candidate_lab[outside], channel_axis=-1)
     changed = ((delta_e > params.delta_e_threshold) | (ssim < params.ssim_threshold)) & outside
     if params.opening_px > 0:
-        r = params.opening_px
-        disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-        changed = cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_OPEN, disc).astype(bool)
+        changed = cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_OPEN, disc(params.opening_px)).astype(bool)
     return delta_e, changed
 
 
@@ -215,10 +207,10 @@ def measure_spill(
 
 def measure_context(ctx: CheckContext, params: SpillParams) -> SpillMeasure:
     """Bring source, candidate and mask to the working size and measure the spill."""
-    size, scale = working_size(ctx.size, params.work_side)
+    size, scale = fit_size(ctx.size, params.work_side)
     mask = ctx.mask
     if mask.shape != (size[1], size[0]):
-        mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+        mask = resize_mask(mask, size)
         if not mask.any():  # a mask thinner than a working pixel: keep its pixels
             mask = cv2.resize(ctx.mask.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
 
@@ -274,11 +266,7 @@ def check_mask_spill(ctx: CheckContext, params: SpillParams):
     def where(region: dict) -> str:
         return "near the mask" if region["side"] == "around" else f"{region['side']} the mask"
 
-    full = cv2.resize(m.changed.astype(np.uint8), ctx.candidate.original_size, interpolation=cv2.INTER_NEAREST)
-    full = full.astype(bool)
-    ys, xs = np.nonzero(m.changed)
-    box = ctx.candidate_box([xs.min() * to_analysis, ys.min() * to_analysis,
-                             (xs.max() + 1) * to_analysis, (ys.max() + 1) * to_analysis])
+    region, full = ctx.mask_region(m.changed, cell=to_analysis)
     if m.local_fraction is not None:
         # A global change: the regions listed are what changed beyond the overall shift.
         local = m.local_fraction >= params.fraction_threshold and bool(m.local_blobs)
@@ -306,7 +294,7 @@ def check_mask_spill(ctx: CheckContext, params: SpillParams):
             threshold=params.fraction_threshold,
             unit="share of unedited area",
             message=message,
-            region=Region(box=box, area_fraction=round(float(full.mean()), 5)),
+            region=region,
             evidence=evidence,
             mask=full,
         )

@@ -21,7 +21,7 @@ shows several people in one frame; several single-face references give identitie
 so only a duplicated identity (two candidate faces matching one reference person) can be told.
 
 Each finding's region covers the faces involved; the repair mask is each face with hairline, chin
-and ears (see ``identity.face_repair_mask``), the input of a per-subject (two-subjects) repair.
+and ears (see :func:`fixloop.checks.identity.face_repair_mask`), the input of a per-subject (two-subjects) repair.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fixloop.checks.base import CheckSkipped, Region, make_finding, register_check
+from fixloop.checks.base import CheckSkipped, make_finding, register_check
 from fixloop.checks.context import CheckContext
+from fixloop.checks.geometry import union_box
 from fixloop.checks.identity import (
     EmbeddedFace,
     FaceEmbedder,
@@ -218,15 +219,10 @@ def check_subjects_swapped(ctx: CheckContext, params: SwapParams):
     measurement = measure_swaps(ctx, embedder, params)
     findings = []
     for event in measurement.events:
-        boxes = np.array([face.box for face in event.faces])
-        union = [float(boxes[:, 0].min()), float(boxes[:, 1].min()), float(boxes[:, 2].max()), float(boxes[:, 3].max())]
         mask = np.zeros(ctx.size[::-1], dtype=bool)
         for face in event.faces:
             mask |= face_repair_mask(ctx.size, face.box, params.mask_grow_side, params.mask_grow_top,
                                      params.mask_grow_bottom)
-        cbox = ctx.candidate_box(union)
-        w, h = ctx.candidate.original_size
-        area = (cbox[2] - cbox[0]) * (cbox[3] - cbox[1]) / float(w * h)
         full_mask = ctx.candidate_mask(mask)
         evidence = {**event.evidence, "embedder": embedder.name, "metric": embedder.metric,
                     "people_before": measurement.people_before, "faces_after": measurement.faces_after,
@@ -236,7 +232,7 @@ def check_subjects_swapped(ctx: CheckContext, params: SwapParams):
         findings.append(make_finding(
             "subjects_swapped", params, score=event.score, threshold=embedder.threshold, unit=embedder.unit,
             message=event.message,
-            region=Region(box=cbox, area_fraction=round(area, 5)),
+            region=ctx.box_region(union_box(face.box for face in event.faces)),
             evidence=evidence, mask=full_mask,
         ))
     return findings

@@ -125,3 +125,56 @@ def test_a_reframed_candidate_is_not_pixel_aligned():
     source = photo("gen_clean_01.jpg")
     ctx = CheckContext.from_arrays(source[:800], source)
     assert not ctx.aligned and "aspect" in ctx.notes[0]
+
+
+def test_same_aspect_is_the_one_tolerance_for_pixel_alignment():
+    from fixloop.checks.context import ASPECT_TOLERANCE, same_aspect
+
+    assert ASPECT_TOLERANCE == 0.03
+    assert same_aspect((1000, 1500), (1024, 1536))  # a backend's resampled copy
+    assert same_aspect((1000, 1500), (1000, 1544))  # 2.9 % apart
+    assert not same_aspect((1000, 1500), (1000, 1547))  # 3.1 % apart
+    assert not same_aspect((1000, 1500), (1000, 1200))  # re-framed
+    shape = (1360, 1024, 3)  # numpy shapes go in as (w, h)
+    assert same_aspect((shape[1], shape[0]), (1088, 1445))
+
+
+# ---- geometry helpers: tiny hand-drawn cases, exact answers ----------------------------------------
+
+def test_boxes():
+    from fixloop.checks.geometry import mask_box, pixel_box, points_box, union_box
+
+    points = np.array([[2.0, 3.0], [5.5, 1.0], [4.0, 7.25]])
+    assert points_box(points) == (2.0, 1.0, 5.5, 7.25)
+    assert points_box(points, grow=1.0) == (1.0, 0.0, 6.5, 8.25)
+    assert union_box([(0, 1, 2, 3), (1, 0, 5, 2)]) == (0.0, 0.0, 5.0, 3.0)
+    assert pixel_box((1.2, 0.5, 3.1, 2.9), (10, 10)) == (1, 0, 4, 3)
+    assert pixel_box((1.2, 0.5, 3.1, 2.9), (4, 2), grow=1.0) == (0, 0, 4, 2)  # clipped to the image
+    assert pixel_box((12.0, 1.0, 15.0, 3.0), (10, 10)) == (10, 1, 10, 3)  # outside: empty
+    mask = np.array([[0, 0, 0, 0],
+                     [0, 1, 0, 0],
+                     [0, 1, 1, 0]], bool)
+    assert mask_box(mask) == (1, 1, 3, 3)
+    assert mask_box(mask, cell=(8, 4)) == (8, 4, 24, 12)  # a grid of 8 x 4 px tiles
+    assert mask_box(np.zeros((2, 2), bool)) is None
+
+
+def test_disc_and_masks():
+    from fixloop.checks.geometry import disc, resize_mask
+
+    assert disc(1).tolist() == [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    mask = np.array([[1, 0],
+                     [0, 1]], bool)
+    assert resize_mask(mask, (4, 2)).tolist() == [[True, True, False, False], [False, False, True, True]]
+    assert resize_mask(mask, (2, 2)).dtype == bool
+
+
+def test_shrink_never_enlarges_and_keeps_the_aspect():
+    from fixloop.checks.geometry import fit_size, shrink
+
+    assert fit_size((2000, 1000), 500) == ((500, 250), 0.25)
+    assert fit_size((300, 200), 500) == ((300, 200), 1.0)
+    small = np.ones((4, 6), np.float32)
+    assert shrink(small, 10)[0] is small
+    half, scale = shrink(np.arange(16, dtype=np.float32).reshape(4, 4), 2)
+    assert scale == 0.5 and half.tolist() == [[2.5, 4.5], [10.5, 12.5]]  # area means of 2 x 2 blocks
