@@ -1,30 +1,28 @@
 """Shared analyses of people: pose, person mask, faces and hands, computed once per image.
 
 Every model here is one of MediaPipe 0.10.21's bundled models (the wheel carries the weights, so
-nothing is downloaded). Each model is loaded once per process and guarded by a lock (a MediaPipe
-solution graph is not re-entrant); each result is cached on the :class:`AnalysisImage`, so the
+nothing is downloaded). Each model is loaded once per process, on first use, and run by one thread
+at a time (a MediaPipe solution graph is not re-entrant: each has its own lock, and its results are
+copied out before the lock is released), so checks running in several threads of one process give
+the reports they give one at a time. Each result is cached on the :class:`AnalysisImage`, so the
 checks that need the same analysis (crop, hands, identity) share one inference.
+
+Importing this module changes no process state: MediaPipe's native start-up notes on stderr are
+quieted, if at all, by the application that owns the process (:func:`fixloop.checks.models.quiet_native_logs`).
 
 Coordinates are pixels of the analysis image (x right, y down).
 """
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
+from typing import Any, Callable
 
 import numpy as np
 
 from fixloop.checks.context import AnalysisImage
-
-# MediaPipe's C++ side (glog, TFLite) logs INFO and warnings to stderr on every model load; they say
-# nothing a user can act on. Quiet them unless the user asked for them.
-os.environ.setdefault("GLOG_minloglevel", "2")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from fixloop.checks.geometry import points_box
 
 # MediaPipe Pose landmark indices used by the checks.
 POSE_NOSE, POSE_LEFT_EYE, POSE_RIGHT_EYE, POSE_LEFT_EAR, POSE_RIGHT_EAR = 0, 2, 5, 7, 8
@@ -64,77 +62,67 @@ class Hand:
     box: np.ndarray  # x0, y0, x1, y1 of the landmarks (px)
 
 
-_LOCK = threading.Lock()
-_WARMED: set[int] = set()  # models that have run once (their start-up chatter is over)
+class _Graph:
+    """One MediaPipe solution graph, built on first use and run by one thread at a time."""
+
+    def __init__(self, build: Callable[[], Any]):
+        self._build = build
+        self._graph = None
+        self._lock = threading.Lock()
+
+    def run(self, rgb: np.ndarray, read: Callable[[Any], Any]) -> Any:
+        """``read(result)`` of the graph's result for ``rgb``, taken while the graph is held (the
+        result's arrays may point into the graph's buffers)."""
+        with self._lock:
+            if self._graph is None:
+                self._graph = self._build()
+            return read(self._graph.process(rgb))
 
 
-@contextmanager
-def _native_stderr_muted():
-    """Silence the native (C++) stderr of MediaPipe while a model loads or runs for the first time:
-    absl and TFLite print start-up notes there that glog's level does not reach. Python exceptions
-    are unaffected. FIXLOOP_NATIVE_LOGS=1 keeps the notes."""
-    if os.environ.get("FIXLOOP_NATIVE_LOGS") == "1":
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-@lru_cache(maxsize=None)
-def _pose_model():
+def _pose_graph():
     import mediapipe as mp
 
-    with _native_stderr_muted():
-        return mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=True,
-                                      min_detection_confidence=0.5)
+    return mp.solutions.pose.Pose(static_image_mode=True, model_complexity=1, enable_segmentation=True,
+                                  min_detection_confidence=0.5)
 
 
-@lru_cache(maxsize=None)
-def _face_model():
+def _face_graph():
     import mediapipe as mp
 
     # model 1 = full-range (faces up to about 5 m), which also covers group and body shots
-    with _native_stderr_muted():
-        return mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
+    return mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
 
 
-@lru_cache(maxsize=None)
-def _hands_model():
+def _hands_graph():
     import mediapipe as mp
 
-    with _native_stderr_muted():
-        return mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=8, model_complexity=1,
-                                        min_detection_confidence=0.3)
+    return mp.solutions.hands.Hands(static_image_mode=True, max_num_hands=8, model_complexity=1,
+                                    min_detection_confidence=0.3)
 
 
-@lru_cache(maxsize=None)
-def _segmentation_model():
+def _segmentation_graph():
     import mediapipe as mp
 
-    with _native_stderr_muted():
-        return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+    return mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
 
 
-def _process(model, rgb: np.ndarray):
-    with _LOCK:
-        if id(model) in _WARMED:
-            return model.process(rgb)
-        with _native_stderr_muted():
-            result = model.process(rgb)
-        _WARMED.add(id(model))
-        return result
+_POSE_GRAPH = _Graph(_pose_graph)
+_FACE_GRAPH = _Graph(_face_graph)
+_HANDS_GRAPH = _Graph(_hands_graph)
+_SEGMENTATION_GRAPH = _Graph(_segmentation_graph)
+
+
+def _read_hands(result, w: int, h: int, k: float = 1.0, x0: float = 0.0, y0: float = 0.0) -> list[Hand]:
+    """MediaPipe Hands' result on a ``w`` x ``h`` picture -> hands in image pixels, for a picture that
+    is the image's crop at (``x0``, ``y0``) enlarged ``k`` times (the whole image: the defaults)."""
+    found = []
+    for marks, handed in zip(result.multi_hand_landmarks or [], result.multi_handedness or []):
+        points = np.array([[p.x * w / k + x0, p.y * h / k + y0, p.z * w / k] for p in marks.landmark],
+                          dtype=np.float32)
+        label = handed.classification[0]
+        box = np.array(points_box(points[:, :2]), dtype=np.float32)
+        found.append(Hand(landmarks=points, handedness=label.label, score=float(label.score), box=box))
+    return found
 
 
 def pose(image: AnalysisImage) -> Pose | None:
@@ -142,13 +130,16 @@ def pose(image: AnalysisImage) -> Pose | None:
 
     def compute() -> Pose | None:
         h, w = image.uint8.shape[:2]
-        result = _process(_pose_model(), image.uint8)
-        if result.pose_landmarks is None:
-            return None
-        points = np.array([[p.x * w, p.y * h, p.z * w, p.visibility] for p in result.pose_landmarks.landmark],
-                          dtype=np.float32)
-        mask = None if result.segmentation_mask is None else result.segmentation_mask.astype(np.float32)
-        return Pose(landmarks=points, segmentation=mask)
+
+        def read(result) -> Pose | None:
+            if result.pose_landmarks is None:
+                return None
+            points = np.array([[p.x * w, p.y * h, p.z * w, p.visibility] for p in result.pose_landmarks.landmark],
+                              dtype=np.float32)
+            mask = None if result.segmentation_mask is None else result.segmentation_mask.astype(np.float32)
+            return Pose(landmarks=points, segmentation=mask)
+
+        return _POSE_GRAPH.run(image.uint8, read)
 
     return image.shared("pose", compute)
 
@@ -158,16 +149,19 @@ def faces(image: AnalysisImage) -> list[Face]:
 
     def compute() -> list[Face]:
         h, w = image.uint8.shape[:2]
-        result = _process(_face_model(), image.uint8)
-        found = []
-        for detection in result.detections or []:
-            rel = detection.location_data.relative_bounding_box
-            box = np.array([rel.xmin * w, rel.ymin * h, (rel.xmin + rel.width) * w, (rel.ymin + rel.height) * h],
-                           dtype=np.float32)
-            keypoints = np.array([[k.x * w, k.y * h] for k in detection.location_data.relative_keypoints],
-                                 dtype=np.float32)
-            found.append(Face(box=box, score=float(detection.score[0]), keypoints=keypoints))
-        return sorted(found, key=lambda f: -f.score)
+
+        def read(result) -> list[Face]:
+            found = []
+            for detection in result.detections or []:
+                rel = detection.location_data.relative_bounding_box
+                box = np.array([rel.xmin * w, rel.ymin * h, (rel.xmin + rel.width) * w, (rel.ymin + rel.height) * h],
+                               dtype=np.float32)
+                keypoints = np.array([[k.x * w, k.y * h] for k in detection.location_data.relative_keypoints],
+                                     dtype=np.float32)
+                found.append(Face(box=box, score=float(detection.score[0]), keypoints=keypoints))
+            return found
+
+        return sorted(_FACE_GRAPH.run(image.uint8, read), key=lambda f: -f.score)
 
     return image.shared("faces", compute)
 
@@ -177,15 +171,7 @@ def hands(image: AnalysisImage) -> list[Hand]:
 
     def compute() -> list[Hand]:
         h, w = image.uint8.shape[:2]
-        result = _process(_hands_model(), image.uint8)
-        found = []
-        for marks, handed in zip(result.multi_hand_landmarks or [], result.multi_handedness or []):
-            points = np.array([[p.x * w, p.y * h, p.z * w] for p in marks.landmark], dtype=np.float32)
-            label = handed.classification[0]
-            box = np.array([points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()],
-                           dtype=np.float32)
-            found.append(Hand(landmarks=points, handedness=label.label, score=float(label.score), box=box))
-        return found
+        return _HANDS_GRAPH.run(image.uint8, lambda result: _read_hands(result, w, h))
 
     return image.shared("hands", compute)
 
@@ -194,8 +180,7 @@ def person_mask(image: AnalysisImage) -> np.ndarray:
     """Probability that each pixel belongs to a person (MediaPipe selfie segmentation), H x W float32."""
 
     def compute() -> np.ndarray:
-        result = _process(_segmentation_model(), image.uint8)
-        return result.segmentation_mask.astype(np.float32)
+        return _SEGMENTATION_GRAPH.run(image.uint8, lambda result: result.segmentation_mask.astype(np.float32))
 
     return image.shared("person_mask", compute)
 
@@ -244,16 +229,7 @@ def _hands_in_square(image: AnalysisImage, cx: float, cy: float, side: float) ->
     else:
         k = 1.0
     ch, cw = crop.shape[:2]
-    result = _process(_hands_model(), np.ascontiguousarray(crop))
-    found = []
-    for marks, handed in zip(result.multi_hand_landmarks or [], result.multi_handedness or []):
-        points = np.array([[p.x * cw / k + x0, p.y * ch / k + y0, p.z * cw / k] for p in marks.landmark],
-                          dtype=np.float32)
-        label = handed.classification[0]
-        box = np.array([points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max()],
-                       dtype=np.float32)
-        found.append(Hand(landmarks=points, handedness=label.label, score=float(label.score), box=box))
-    return found
+    return _HANDS_GRAPH.run(np.ascontiguousarray(crop), lambda result: _read_hands(result, cw, ch, k, x0, y0))
 
 
 def hands_with_wrist_crops(image: AnalysisImage) -> list[Hand]:

@@ -17,12 +17,19 @@ Models:
   optional identity embedder). It cannot be installed with pip: it sits in InsightFace's model root
   (``~/.insightface/models/buffalo_l``, or ``$INSIGHTFACE_HOME/models/buffalo_l``), or at a path
   given by ``FIXLOOP_INSIGHTFACE_MODEL`` or the policy.
+
+MediaPipe's native code (TFLite, absl) prints start-up notes to stderr when its models load and first
+run. No module of the checks touches process state to hide them; an application that owns its process
+calls :func:`quiet_native_logs` once at start.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
+import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -191,3 +198,97 @@ def locate(name: str, explicit: str | None = None) -> Path:
 
 def all_status() -> list[ModelStatus]:
     return [model_status(name) for name in MODELS]
+
+
+# ---- native log noise -------------------------------------------------------------------------------
+
+NATIVE_LOGS_ENV = "FIXLOOP_NATIVE_LOGS"  # "1": leave the native libraries' notes on stderr as they are
+
+# The stderr filter: a tiny child process between the process's file descriptor 2 and the real stderr.
+# It drops TFLite's "INFO: ..." notes, absl's note that it logs to stderr before initialisation, and
+# absl/glog INFO and WARNING lines ("W0000 00:00:1796288389.558857   12718 file.cc:114] ..."), and
+# passes every other byte on (errors, fatal messages, other programs' output). It reads until every
+# writer has closed the pipe, so what a crashing process writes last still arrives.
+_FILTER = r"""
+import os, re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+note = re.compile(rb"INFO: |WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4}\S* [\d:.]+ +\d+ [^ :]+:\d+\] ")
+out, pending = sys.stdout.buffer, b""
+while True:
+    chunk = os.read(0, 65536)
+    if not chunk:
+        break
+    pending += chunk
+    *lines, pending = pending.split(b"\n")
+    for line in lines:
+        if not note.match(line):
+            out.write(line + b"\n")
+    if pending[:1] not in (b"", b"I", b"W"):  # a partial line that cannot be a note: pass it on now
+        out.write(pending)
+        pending = b""
+    out.flush()
+if pending and not note.match(pending):
+    out.write(pending)
+    out.flush()
+"""
+
+_quiet_lock = threading.Lock()
+_quieted = False
+_filter_process: subprocess.Popen | None = None  # kept, so the running filter is not reported as leaked
+
+
+def quiet_native_logs() -> bool:
+    """Hide the start-up notes MediaPipe's native code prints to stderr. For the application that owns
+    the process (a command-line main, a server's start-up), called once before any check runs; a
+    library never calls it. Returns True when it changed anything (it acts once per process).
+
+    - ``GLOG_minloglevel=2`` and ``TF_CPP_MIN_LOG_LEVEL=3`` are set unless already set (they quiet
+      glog and TensorFlow builds that read them);
+    - MediaPipe 0.10's absl logging and TFLite's logger have no setting reachable from Python, so
+      file descriptor 2 is routed through a small filter process that drops their INFO and WARNING
+      lines and passes everything else on. Python's own ``sys.stderr`` is re-pointed at the real
+      stderr, so tracebacks and messages never go through the filter.
+
+    ``FIXLOOP_NATIVE_LOGS=1`` leaves stderr as it is (for reading the notes)."""
+    global _quieted
+    with _quiet_lock:
+        if _quieted or os.environ.get(NATIVE_LOGS_ENV) == "1":
+            return False
+        _quieted = True
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        if os.name == "posix" and sys.executable:
+            _filter_native_stderr()
+        return True
+
+
+def _filter_native_stderr() -> None:
+    global _filter_process
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+        real = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to quiet
+        return
+    try:
+        read_end, write_end = os.pipe()
+        _filter_process = subprocess.Popen([sys.executable, "-I", "-S", "-c", _FILTER], stdin=read_end,
+                                           stdout=real, close_fds=True, start_new_session=True)
+    except OSError:
+        os.close(real)
+        return
+    os.close(read_end)
+    if sys.stderr is not None and _fileno(sys.stderr) == 2:
+        # Python writes straight to the real stderr (same encoding, line-buffered as before)
+        sys.stderr = open(os.dup(real), "w", encoding=sys.stderr.encoding, errors=sys.stderr.errors,
+                          buffering=1, closefd=True)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    os.close(real)
+
+
+def _fileno(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None

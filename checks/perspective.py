@@ -27,6 +27,7 @@ plain backdrop) is reported as skipped, not passed.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -35,6 +36,7 @@ from pydantic import Field
 
 from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
 from fixloop.checks.context import AnalysisImage, CheckContext
+from fixloop.checks.geometry import shrink
 
 BIN_DEG = 0.1  # direction histogram bin (whole-image rotation)
 SMOOTH_DEG = 0.5  # Gaussian smoothing of direction histograms (LSD directions scatter by a few tenths)
@@ -123,22 +125,18 @@ def _offset(angles: np.ndarray, centre: float) -> np.ndarray:
     return (angles - centre + 90.0) % 180.0 - 90.0
 
 
-_LSD = None
+_LSD = threading.local()  # an OpenCV detector keeps its working images on itself: one per thread
 
 
 def _detector():
-    global _LSD
-    if _LSD is None:
-        _LSD = cv2.createLineSegmentDetector(cv2.LSD_REFINE_NONE)
-    return _LSD
+    if not hasattr(_LSD, "detector"):
+        _LSD.detector = cv2.createLineSegmentDetector(cv2.LSD_REFINE_NONE)
+    return _LSD.detector
 
 
 def find_lines(gray: np.ndarray, side: int, min_segment: float) -> Lines:
     """Straight segments of a grey [0, 1] image, found at ``side`` px on the long side."""
-    h, w = gray.shape
-    scale = min(1.0, side / max(h, w))
-    if scale < 1.0:
-        gray = cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+    gray, _ = shrink(gray, side)
     h, w = gray.shape
     long_side = float(max(h, w))
     found = _detector().detect(np.clip(gray * 255.0 + 0.5, 0, 255).astype(np.uint8))[0]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+import stat
 from enum import Enum
 from pathlib import Path
 from typing import Literal
@@ -103,31 +104,31 @@ def _refuse_input(target: Path, guarded: set[Path]) -> None:
         raise InputError(f"output {str(target)!r} is one of the inputs: choose another --out folder")
 
 
-def _default_file_mode() -> int:
-    """The mode a plain ``open(path, "w")`` would give a new file (0o666 less the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_FILE_MODE = _default_file_mode()
-
-
 class atomic_path:
     """Context manager giving a temporary path beside ``target``; renamed over it on success.
-    The file gets the usual mode for new files (mkstemp alone would leave it owner-only)."""
+    The file gets the usual mode for new files, as ``open(path, "w")`` would give it (0o666 less the
+    umask; :func:`tempfile.mkstemp` alone would leave it owner-only). The umask is applied by the
+    system when the file is created, never read by changing it (that would race other threads)."""
 
     def __init__(self, target: Path):
         self.target = Path(target)
 
     def __enter__(self) -> str:
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=".tmp", dir=self.target.parent)
-        os.close(fd)
-        return self.tmp
+        for _ in range(100):
+            tmp = self.target.parent / f".{self.target.name}.{secrets.token_hex(6)}.tmp"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            self.mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            os.close(fd)
+            self.tmp = str(tmp)
+            return self.tmp
+        raise FileExistsError(f"no free temporary name beside {str(self.target)!r}")
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            os.chmod(self.tmp, _FILE_MODE)
+            os.chmod(self.tmp, self.mode)  # kept even when the writer replaced the file
             os.replace(self.tmp, self.target)
         elif os.path.exists(self.tmp):
             os.unlink(self.tmp)

@@ -117,3 +117,21 @@ def test_report_round_trips_through_json(policy):
     assert data["verdict"] == "fail"
     assert {"kind", "priority", "stage", "score", "threshold", "region", "message"} <= set(data["findings"][0])
     assert Report.model_validate(data).verdict == "fail"
+
+
+def test_written_files_get_the_usual_mode_without_touching_the_umask(tmp_path):
+    import os
+    import stat
+
+    from fixloop.checks.report import atomic_path
+
+    saved = os.umask(0o027)
+    try:
+        with atomic_path(tmp_path / "a.txt") as tmp:
+            assert os.umask(0o027) == 0o027  # the umask is read by creating the file, never changed
+            with open(tmp, "w") as handle:
+                handle.write("x")
+    finally:
+        os.umask(saved)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]

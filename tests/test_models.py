@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fixloop.checks import models
+from tests.conftest import PHOTOS
 
 
 @pytest.fixture
@@ -102,3 +103,46 @@ def test_fixloop_models_lists_every_model(no_insightface):
     assert "missing" in result.stdout and "FaceAnalysis(name='buffalo_l')" in result.stdout
     assert "dlib_face_recognition_resnet_model_v1.dat" in result.stdout
     assert f"{len(models.MODELS) - 1} of {len(models.MODELS)} model files found" in result.stdout
+
+
+QUIET_PROBE = """
+import os, sys
+from fixloop.checks import models
+print("quieted", models.quiet_native_logs(), models.quiet_native_logs(), file=sys.stderr)
+from fixloop.checks import analyses
+from fixloop.checks.context import CheckContext
+from fixloop.checks.images import load_image
+ctx = CheckContext.build(load_image(sys.argv[1]))
+analyses.pose(ctx.candidate), analyses.faces(ctx.candidate), analyses.hands(ctx.candidate)
+analyses.person_mask(ctx.candidate)
+print("python line", file=sys.stderr)
+os.write(2, b"E0000 00:00:1.5   7 native.cc:12] a native error\\n")
+os.write(2, b"I0000 00:00:1.5   7 native.cc:13] a native note\\n")
+os.write(2, b"no newline at the end")
+"""
+
+
+def _probe(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("GLOG_minloglevel", "TF_CPP_MIN_LOG_LEVEL",
+                                                            models.NATIVE_LOGS_ENV)}
+    return subprocess.run([sys.executable, "-c", QUIET_PROBE, str(PHOTOS / "body_couple_01.jpg")], capture_output=True, text=True,
+                          env={**env, **env_extra}, timeout=300)
+
+
+def test_quiet_native_logs_hides_mediapipe_notes_and_nothing_else():
+    """What an app gets from calling quiet_native_logs once at start: the native INFO and WARNING
+    notes of the MediaPipe models are gone, Python's stderr, native errors and partial lines pass."""
+    result = _probe({})
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == "quieted True False"  # it acts once per process
+    assert "python line" in lines
+    assert "E0000 00:00:1.5   7 native.cc:12] a native error" in lines
+    assert lines[-1] == "no newline at the end"
+    assert not [line for line in lines if line.startswith(("INFO:", "WARNING:", "W0000", "I0000"))], lines
+
+
+def test_native_logs_can_be_kept():
+    result = _probe({models.NATIVE_LOGS_ENV: "1"})
+    assert result.returncode == 0, result.stderr
+    assert "quieted False False" in result.stderr and "I0000 00:00:1.5   7 native.cc:13] a native note" in result.stderr
