@@ -1,7 +1,7 @@
 """A name -> item registry: duplicate names raise, an unknown name gets the closest known one.
 
-The checks (``checks.base.REGISTRY``) and the repair tools (``tools.base.TOOLS``) are both kept in
-one; each item has a ``name``.
+The checks (``fixloop.checks.base.REGISTRY``) and the repair tools (``fixloop.tools.base.TOOLS``)
+are both kept in one; each item has a ``name``.
 """
 
 from __future__ import annotations
