@@ -99,7 +99,7 @@ def run_chat(image: Path | None = None, source: Path | None = None, references: 
         chosen = chat.backend
         why = ("given" if backend else "kept from the conversation" if resumed
                else "OPENAI_API_KEY is set" if chosen == "openai" else "offline: no OPENAI_API_KEY set")
-        console.print(f"[bold]fixloop chat[/bold] {'continuing' if resumed else 'conversation'} "
+        console.print(f"[bold]fixloop chat[/bold] {'continuing conversation' if resumed else 'conversation'} "
                       f"[cyan]{conversation_id}[/cyan] · backend {chosen} ({why}) · understanding: {engine}")
         console.print(f"  images go to {escape(chat.out_dir)}; /help for what to say, /quit to end")
 
