@@ -132,15 +132,6 @@ def write_check_report(report: "Report", out: str | Path, protected: Sequence[st
 
 # ---- fix: one repair tool -----------------------------------------------------------------------
 
-# Local tools that take their region (and settings) from a check's finding when no mask is given.
-FINDING_CHECKS = {"local.defringe": "edge_halo", "local.expand_canvas": "subject_cropped"}
-# Local tools that cannot run without a mask and no check can stand in for it.
-MASK_REQUIRED = {
-    "local.composite_back": "the edit mask (--mask): outside it the source is restored",
-    "local.crop_first": "the region to repair (--mask), or repair=local.defringe to take it from edge_halo",
-}
-
-
 @dataclass
 class FixOutcome:
     """What one tool run produced. ``result`` is None when the check that supplies the region found
@@ -202,16 +193,6 @@ def fix_target(image: str | Path, out: str | Path | None, mask_out: str | Path |
     return target
 
 
-def tool_names() -> list[str]:
-    from fixloop.tools.base import TOOLS, load_tool
-
-    try:
-        load_tool("local.exposure_color")
-    except KeyError:
-        pass
-    return TOOLS.names()
-
-
 def fix(image: ImageInput, tool: str, *, template: str | None = None, slots: Mapping[str, str] | None = None,
         prompt: str | None = None, negative_prompt: str | None = None, source: ImageInput | None = None,
         mask: ImageInput | None = None, references: Sequence[ImageInput] = (),
@@ -227,14 +208,15 @@ def fix(image: ImageInput, tool: str, *, template: str | None = None, slots: Map
         spec = load_tool(tool)
     except KeyError as exc:
         raise _unknown_name(exc) from None
+    backend = _backend_of(tool)  # None for a local tool
     loaded = resolve_policy(policy)
     decoded = decode_image(image, "image")
     decoded_source = None if source is None else decode_image(source, "source")
     decoded_refs = [decode_image(r, "reference") for r in references]
     pixels = to_uint8(decoded.pixels)
     region = None if mask is None else _mask_on_image(mask, decoded, decoded_source)
-    if region is None and tool in MASK_REQUIRED and parameters.get("repair") not in FINDING_CHECKS:
-        raise InputError(f"{tool} needs {MASK_REQUIRED[tool]}")
+    if region is None and spec.needs_mask and not spec.region_check and not _region_check(parameters.get("repair")):
+        raise InputError(f"{tool} needs {spec.needs_mask}")
     if template is not None:
         _known_template(template)
 
@@ -244,12 +226,12 @@ def fix(image: ImageInput, tool: str, *, template: str | None = None, slots: Map
         finding = _finding_for(checks, decoded, decoded_source, decoded_refs, loaded)
         if finding is None:
             return FixOutcome(result=None, checked=checks)
-        if tool.startswith("local."):
+        if backend is None:  # a local tool reads its settings from the finding itself
             parameters["finding"] = finding
         if tool != "local.expand_canvas":  # that one reads how far to extend, not a region
             region = finding.mask  # None for a whole-image defect (exposure, colour)
 
-    if template is not None and prompt is None and not tool.startswith("local."):
+    if template is not None and prompt is None and backend is not None:
         from fixloop.prompts import render
 
         request: dict[str, Any] = {"image_size": [pixels.shape[1], pixels.shape[0]], **(slots or {})}
@@ -257,9 +239,10 @@ def fix(image: ImageInput, tool: str, *, template: str | None = None, slots: Map
             rendered = render(template, finding, request=request)
         except RepairError as exc:  # a slot left empty, an unknown slot: one line naming it
             raise InputError(f"{exc}: pass it with --slot NAME=TEXT (fixloop templates lists the slots)") from None
-        prompt = rendered.gpt_image_prompt if tool == "openai" else rendered.positive
+        gpt_image = backend.prompt_style == "gpt_image"
+        prompt = rendered.gpt_image_prompt if gpt_image else rendered.positive
         negative_prompt = negative_prompt or rendered.negative
-        if tool == "diffusers":
+        if backend.prompt_style == "diffusion":
             parameters = {**rendered.diffusion_parameters(), **parameters}
     elif slots:
         raise InputError("--slot fills a template's slots: pass --template too (and no --prompt)")
@@ -320,14 +303,14 @@ def _mask_on_image(value: ImageInput, decoded: DecodedImage, decoded_source: Dec
     """The mask at the image's size (a mask at the source's size is scaled when the framing matches)."""
     import cv2
 
-    from fixloop.checks.context import ASPECT_TOLERANCE
+    from fixloop.checks.context import same_aspect
 
     label = f"mask {_label(value)!r}" if _label(value) else "mask"
     region = decode_mask(value)
     width, height = decoded.size
     if region.shape != (height, width):
         sw, sh = decoded_source.size if decoded_source is not None else (0, 1)
-        if region.shape != (sh, sw) or abs((width / height) / (sw / sh) - 1) > ASPECT_TOLERANCE:
+        if region.shape != (sh, sw) or not same_aspect((width, height), (sw, sh)):
             raise InputError(f"{label} is {region.shape[1]}x{region.shape[0]} but the image is "
                              f"{width}x{height}: export the mask at the image's size")
         region = cv2.resize(region.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
@@ -336,17 +319,38 @@ def _mask_on_image(value: ImageInput, decoded: DecodedImage, decoded_source: Dec
     return region
 
 
+def _backend_of(tool: str):
+    """The backend whose generative tool ``tool`` is (None for a local tool)."""
+    from fixloop.tools.base import backend_for_tool
+
+    return backend_for_tool(tool)
+
+
+def _region_check(tool: Any) -> str | None:
+    """The check whose finding supplies ``tool``'s region when no mask is given (its registry entry)."""
+    from fixloop.tools.base import TOOLS, load_tool
+
+    if not isinstance(tool, str):
+        return None
+    try:
+        load_tool(tool)
+    except KeyError:
+        return None
+    return TOOLS.get(tool).region_check
+
+
 def checks_for(tool: str, template: str | None, parameters: Mapping[str, Any]) -> list[str]:
     """The checks whose finding supplies a repair's region when no mask is given (none: no check)."""
     from fixloop.checks.base import DEFECT_KINDS
 
-    if tool == "local.expand_canvas":
-        return [] if ("aspect" in parameters or "extend" in parameters) else [FINDING_CHECKS[tool]]
-    if tool in FINDING_CHECKS:
-        return [FINDING_CHECKS[tool]]
-    if tool == "local.crop_first":
-        return [FINDING_CHECKS[parameters["repair"]]] if parameters.get("repair") in FINDING_CHECKS else []
-    if template is None or tool.startswith("local."):
+    own = _region_check(tool)
+    if own is not None:
+        # a canvas grown to a given aspect or extension needs no finding
+        return [] if tool == "local.expand_canvas" and ("aspect" in parameters or "extend" in parameters) else [own]
+    if tool == "local.crop_first":  # it repairs with another tool, whose check supplies the region
+        inner = _region_check(parameters.get("repair"))
+        return [inner] if inner else []
+    if template is None or _backend_of(tool) is None:
         return []
     kinds = [k.name for k in DEFECT_KINDS.values() if k.template == template]
     if not kinds:
@@ -398,24 +402,24 @@ def templates() -> list[TemplateInfo]:
 
 # ---- repair runs --------------------------------------------------------------------------------
 
-BACKENDS = ("local", "openai", "diffusers")
-
-
 def backend_ready(backend: str, model: str | None, policy: "Policy") -> None:
-    """Fail early, in one line, when the backend cannot run at all (no key, no model, no library)."""
-    import importlib.util
-    import os
+    """Fail early, in one line, when the backend cannot run at all (no key, no model, no library):
+    the backend's own readiness check, with the model given, else the policy's for that backend."""
+    from fixloop.tools.base import RepairError, backend_names, load_backend
 
-    if backend not in BACKENDS:
-        raise InputError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if backend == "openai" and not os.environ.get("OPENAI_API_KEY"):
-        raise InputError("--backend openai needs an API key: set OPENAI_API_KEY (and OPENAI_BASE_URL for another endpoint)")
-    if backend == "diffusers":
-        if importlib.util.find_spec("diffusers") is None or importlib.util.find_spec("torch") is None:
-            raise InputError("--backend diffusers needs torch and diffusers: pip install 'fixloop[diffusion]'")
-        if not (model or policy.repair.diffusers_model or os.environ.get("FIXLOOP_DIFFUSION_MODEL")):
-            raise InputError("--backend diffusers needs an inpainting checkpoint: pass --model PATH_OR_HUB_ID "
-                             "or set FIXLOOP_DIFFUSION_MODEL")
+    try:
+        spec = load_backend(backend)
+    except KeyError:
+        raise InputError(f"--backend {backend!r}: use one of {', '.join(backend_names())}") from None
+    try:
+        spec.ready(model or policy_model(backend, policy))
+    except RepairError as exc:
+        raise InputError(str(exc)) from None
+
+
+def policy_model(backend: str, policy: "Policy") -> str | None:
+    """The model the policy names for ``backend`` ('' = the backend's own default)."""
+    return getattr(policy.repair, f"{backend}_model", "") or None
 
 
 @dataclass

@@ -408,11 +408,54 @@ def chat(
     raise typer.Exit(code)
 
 
+@app.command()
+def slack(
+    http: bool = typer.Option(False, "--http", help="HTTP mode: events at /slack/events, verified with "
+                              "SLACK_SIGNING_SECRET (default: Socket Mode with SLACK_APP_TOKEN)"),
+    port: int = typer.Option(3000, "--port", min=1, max=65535, help="port of the HTTP mode"),
+    backend: Optional[str] = typer.Option(None, "--backend", "-b", help="local, openai or diffusers (default: openai "
+                                          "when OPENAI_API_KEY is set, else local)"),
+    model: Optional[str] = typer.Option(None, "--model", help="GPT Image model, or the diffusers checkpoint"),
+    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", min=0.0, help="US dollars at most per conversation"),
+    out: Path = typer.Option(Path("fixloop-slack"), "--out", "-o", help="folder for downloads and the images it makes"),
+) -> None:
+    """Run the Slack bot: a mention or DM with an image gets the verdict, the review sheet and repairs in its thread."""
+    from fixloop.apps.slack import SlackSetupError, run_bot
+    from fixloop.checks.images import InputError
+
+    try:
+        run_bot(http=http, port=port, backend=backend, model=model, budget_usd=budget_usd, out=out)
+    except (SlackSetupError, InputError) as exc:
+        _fail_input(str(exc))
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (loopback by default)"),
+    port: int = typer.Option(8000, "--port", help="port to listen on"),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, help="repair runs that go on at once"),
+    key_file: Optional[Path] = typer.Option(None, "--key-file", help="API keys, one a line (else FIXLOOP_API_KEYS)"),
+) -> None:
+    """Start the HTTP API and the review pages (every /v1 route needs Authorization: Bearer KEY)."""
+    from fixloop.checks.images import InputError
+
+    try:
+        from fixloop.apps.http import serve as run_server
+
+        run_server(host=host, port=port, workers=workers, key_file=key_file)
+    except InputError as exc:
+        _fail_input(str(exc))
+
+
 def main(argv: list[str] | None = None) -> None:
     """The console script. Usage errors (no argument, an unknown option, a value out of range) are one
     ``fixloop: ...`` line and exit 2, like every other refusal; ``--help`` is Typer's own."""
     # Typer 0.29 carries its own copy of click; its usage errors are these classes
     from typer._click.exceptions import NoArgsIsHelpError, UsageError
+
+    from fixloop.checks.models import quiet_native_logs
+
+    quiet_native_logs()  # this process owns stderr: MediaPipe's native notes are filtered out, once
 
     try:
         code = app(args=argv, standalone_mode=False, prog_name="fixloop")
