@@ -344,6 +344,23 @@ def thread_environment(threads: int) -> dict[str, str]:
     return {name: str(threads) for name in THREAD_VARIABLES}
 
 
+def memory_mb() -> tuple[float | None, float | None]:
+    """This process's resident memory now and at its peak, in MiB (None where the system cannot say)."""
+    rss = peak = None
+    try:
+        import resource
+
+        peak = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+    except (ImportError, OSError):
+        pass
+    try:
+        with open("/proc/self/statm") as handle:
+            rss = round(int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return rss, peak
+
+
 def limit_threads(threads: int) -> None:
     """Cap OpenCV's thread pool in this worker, so N workers share the cores instead of fighting."""
     import cv2
@@ -381,8 +398,11 @@ class GateChecker:
         _CHECKERS_BUILT += 1
 
     def stats(self) -> dict[str, Any]:
-        """Who this worker is and what it loaded: ``model_loads`` maps each model loader to its loads."""
-        return {"pid": os.getpid(), "images": self.images, "checkers": _CHECKERS_BUILT, "model_loads": model_loads()}
+        """Who this worker is, what it loaded (``model_loads``: each model loader and its loads) and
+        its memory now and at its peak."""
+        rss, peak = memory_mb()
+        return {"pid": os.getpid(), "images": self.images, "checkers": _CHECKERS_BUILT, "model_loads": model_loads(),
+                "rss_mb": rss, "peak_rss_mb": peak}
 
     def check(self, item: GateItem) -> dict[str, Any]:
         """The result row of one item; never raises for a bad image."""

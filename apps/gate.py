@@ -506,6 +506,7 @@ def run(plan: GatePlan, progress: "GateProgress | None" = None) -> GateOutcome:
     todo = [item for item in plan.items if item.id not in done]
     workers: dict[int, dict[str, Any]] = {}
     checked = 0
+    arrivals: list[float] = []  # when the first and the latest row came in
     if progress is not None:
         progress.start(len(plan.items), kept)
 
@@ -513,11 +514,13 @@ def run(plan: GatePlan, progress: "GateProgress | None" = None) -> GateOutcome:
         def sink(row: dict[str, Any]) -> None:
             nonlocal checked
             worker = row.pop("_worker", None)
-            if worker is not None:
-                workers[worker["pid"]] = worker
+            if worker is not None:  # its latest stats, and its memory after its first image (to see growth)
+                first = workers.get(worker["pid"], {}).get("rss_mb_first_image", worker.get("rss_mb"))
+                workers[worker["pid"]] = {**worker, "rss_mb_first_image": first}
             handle.write(_line(row))
             handle.flush()
             checked += 1
+            arrivals[min(len(arrivals), 1):] = [time.perf_counter()]
             if progress is not None:
                 progress.advance(row)
 
@@ -528,10 +531,14 @@ def run(plan: GatePlan, progress: "GateProgress | None" = None) -> GateOutcome:
             if progress is not None:
                 progress.stop()
     seconds = time.perf_counter() - started
-    return finish(plan, checked=checked, seconds=seconds, workers=list(workers.values()))
+    timing = {"seconds_to_first_row": round(arrivals[0] - started, 3) if arrivals else None,
+              "steady_images_per_second": (round((checked - 1) / (arrivals[-1] - arrivals[0]), 3)
+                                           if len(arrivals) == 2 and arrivals[-1] > arrivals[0] else None)}
+    return finish(plan, checked=checked, seconds=seconds, workers=list(workers.values()), timing=timing)
 
 
-def finish(plan: GatePlan, checked: int, seconds: float, workers: list[dict[str, Any]]) -> GateOutcome:
+def finish(plan: GatePlan, checked: int, seconds: float, workers: list[dict[str, Any]],
+           timing: dict[str, Any] | None = None) -> GateOutcome:
     """Read results.jsonl back (the whole run, resumed rows included) and write the summary, the JUnit
     file and the HTML report."""
     from fixloop.apps.gate_report import write_report
@@ -545,6 +552,7 @@ def finish(plan: GatePlan, checked: int, seconds: float, workers: list[dict[str,
         "resumed": len(rows) - checked,
         "seconds": round(seconds, 3),
         "images_per_second": round(checked / seconds, 3) if seconds > 0 else None,
+        **(timing or {}),
         "engine": plan.engine,
         "jobs": plan.jobs,
         "policy": {"name": plan.policy_name, "fail_on": plan.fail_on, "digest": plan.digest},
@@ -552,6 +560,7 @@ def finish(plan: GatePlan, checked: int, seconds: float, workers: list[dict[str,
         "unpaired": plan.pairing,
         "errors": [{"id": row["id"], "error": row.get("error")} for row in rows if row.get("verdict") == "error"][:50],
         "workers": sorted(workers, key=lambda w: w["pid"]),
+        "driver_peak_rss_mb": batch.memory_mb()[1],
         "out": str(plan.out),
     })
     outputs = {name: plan.output(name) for name in OUTPUT_NAMES}

@@ -94,9 +94,12 @@ def thumbnail(path: str, side: int = THUMB_SIDE) -> tuple[str, tuple[int, int]] 
 
 
 def _regions_svg(row: dict[str, Any], size: tuple[int, int]) -> str:
-    """The finding boxes, in the candidate's pixel coordinates, drawn over the thumbnail."""
+    """The finding boxes, in the candidate's pixel coordinates, drawn over the thumbnail; labels that
+    would land on one another (boxes that share a corner, whole-image findings) are stacked."""
     width, height = size
     stroke = max(2.0, max(width, height) / 240)
+    font = max(10.0, max(width, height) / 30)
+    placed: list[tuple[float, float]] = []
     parts = []
     for finding in row.get("findings") or []:
         box = (finding.get("region") or {}).get("box")
@@ -105,14 +108,16 @@ def _regions_svg(row: dict[str, Any], size: tuple[int, int]) -> str:
         x0, y0, x1, y1 = box
         colour = PRIORITY_COLOURS.get(finding["priority"], "#888")
         label = f"{finding['priority']} {finding['kind']}"
-        font = max(10.0, max(width, height) / 38)
+        x, y = x0 + stroke * 2, y0 + font + stroke
+        while any(abs(x - px) < font * 8 and abs(y - py) < font * 1.1 for px, py in placed):
+            y += font * 1.2
+        placed.append((x, y))
         parts.append(
             f'<g class="region" data-kind="{_esc(finding["kind"])}">'
             f'<rect x="{x0}" y="{y0}" width="{max(1, x1 - x0)}" height="{max(1, y1 - y0)}" fill="{colour}" '
-            f'fill-opacity="0.12" stroke="{colour}" stroke-width="{stroke:.1f}"/>'
-            f'<text x="{x0 + stroke * 2:.0f}" y="{y0 + font + stroke:.0f}" font-size="{font:.0f}" '
-            f'font-family="sans-serif" font-weight="700" fill="#fff" stroke="#000" stroke-width="{font / 8:.1f}" '
-            f'paint-order="stroke">{_esc(label)}</text></g>')
+            f'fill-opacity="0.10" stroke="{colour}" stroke-width="{stroke:.1f}"/>'
+            f'<text x="{x:.0f}" y="{y:.0f}" font-size="{font:.0f}" font-family="sans-serif" font-weight="700" '
+            f'fill="#fff" stroke="{colour}" stroke-width="{font / 5:.1f}" paint-order="stroke">{_esc(label)}</text></g>')
     return (f'<svg viewBox="0 0 {width} {height}" preserveAspectRatio="none" aria-hidden="true">'
             + "".join(parts) + "</svg>")
 
