@@ -364,12 +364,17 @@ def understand(state: ConversationState, runtime) -> dict:
 
 
 def assign_roles(attachments: list[Attachment], request: Request, has_candidate: bool) -> list[tuple[Attachment, str]]:
-    """The role of each image of a message. A role the front end gave stands. Two images without
-    roles are the edit and its original: the one whose name says original / source / before is the
-    original, else the second. One image takes the role the text gives it ("this is the original"),
-    else it is a new edit to work on."""
+    """The role of each image of a message. A role the front end gave stands. Among several images
+    without roles, one named as a mask is the edit mask; two are the edit and its original: the one
+    whose name says original / source / before is the original, else the second (more are
+    references). One image takes the role the text gives it ("this is the original"), else it is a
+    new edit to work on."""
     given = [(a, a.role) for a in attachments if a.role]
     free = [a for a in attachments if not a.role]
+    if len(free) >= 2:  # among several images, one named as the mask is the mask
+        masks = [a for a in free if "mask" in (a.name or Path(a.path).name).lower()]
+        given += [(a, "mask") for a in masks[:1]]
+        free = [a for a in free if a not in masks[:1]]
     if len(free) >= 2:
         named = [a for a in free if any(w in (a.name or Path(a.path).name).lower()
                                         for w in ("original", "source", "before", "orig"))]
@@ -527,6 +532,10 @@ def _after_run(state: ConversationState, result, ctx: ConversationContext) -> di
         lines.append(f"Repaired, and verified by the checks: {', '.join(fixed)}.")
     if improved:
         lines.append(f"Improved but still found: {', '.join(improved)}.")
+    before = {f["kind"] for f in (result.attempts[0].findings_before if result.attempts else [])}
+    gone = sorted(before - left - set(fixed) - set(improved))
+    if accepted and gone:
+        lines.append(f"No longer found after those repairs: {', '.join(gone)}.")
     if not accepted:
         lines.append("No repair was accepted: the image is unchanged.")
     rolled = [a for a in result.attempts if a.outcome != Outcome.accepted]
