@@ -206,3 +206,27 @@ def test_setup_errors_are_one_line(monkeypatch):
         BotSettings.from_env(http=True)
     with pytest.raises(SlackSetupError, match="SLACK_APP_TOKEN"):
         BotSettings.from_env(http=False)
+
+
+def test_the_manifest_asks_for_what_the_bot_uses():
+    import yaml
+
+    manifest = yaml.safe_load((Path(__file__).parents[1] / "docs" / "slack-manifest.yml").read_text())
+    scopes = set(manifest["oauth_config"]["scopes"]["bot"])
+    assert {"app_mentions:read", "chat:write", "files:read", "files:write", "im:history"} <= scopes
+    settings = manifest["settings"]
+    assert {"app_mention", "message.im"} <= set(settings["event_subscriptions"]["bot_events"])
+    assert settings["interactivity"]["is_enabled"]
+    assert settings["event_subscriptions"]["request_url"].endswith("/slack/events")
+
+
+def test_fixloop_slack_without_tokens_is_one_line_and_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
+    done = subprocess.run([sys.executable, "-m", "fixloop.apps.cli", "slack", "--http", "--port", "3999"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().count("\n") == 0 and "SLACK_BOT_TOKEN" in done.stderr
