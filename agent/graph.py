@@ -13,7 +13,13 @@
 - **repair** runs the tool. It never writes over an input: the output and the mask it used are new
   files in the run folder.
 - **verify** runs the checks on the output and accepts it or rolls back: see :mod:`agent.verify`.
+  After an accepted repair the defects left open (or held back) are judged again on the new image:
+  one the checks no longer find is no longer open, so the report only names what is still there.
 - **finish** writes ``final.png``, ``report.json`` and ``review.png``.
+
+Why an attempt ended, why a defect stays open and why the run stopped are typed
+(:class:`~agent.state.AttemptCause`, :class:`~agent.state.OpenCause`,
+:class:`~agent.state.StopReason`), each with its sentence beside it: no decision reads a message's text.
 
 The state (:class:`agent.state.RunState`) is checkpointed after every node with LangGraph's SQLite
 checkpointer, under the run id; a run killed after a paid call resumes at verify and never pays for
@@ -32,13 +38,16 @@ from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
 from fixloop.agent.context import RunContext
-from fixloop.agent.findings import plain_data, record_findings, shift_records
+from fixloop.agent.findings import flip_records, plain_data, record_findings, shift_records, still_open
 from fixloop.agent.planner import PlanContext, plan_repair
-from fixloop.agent.state import Attempt, MaskSource, OpenDefect, Outcome, RunState, Spend
+from fixloop.agent.state import (Attempt, AttemptCause, MaskSource, OpenCause, OpenDefect, Outcome, RunState,
+                                 Spend, StopReason)
 from fixloop.agent.triage import restrict, triage as choose_next
 from fixloop.agent.verify import judge, outside_change
 from fixloop.checks.images import InputError
 from fixloop.tools.base import load_tool
+
+GENERATIVE_TOOLS = ("openai", "diffusers")
 
 
 def _spend(state: RunState, started: float, **extra: float) -> Spend:
@@ -78,12 +87,23 @@ def triage(state: RunState, runtime: Runtime[RunContext]) -> dict:
     result = choose_next(restrict(state.findings, state.inputs.only_kinds, state.inputs.skip_kinds), state.open_defects, [p.value for p in ctx.policy.gate.fail_on],
                          state.inputs.polish, state.budget, state.spend, state.verdict)
     update: dict[str, Any] = {"target": result.target, "plan": None, "held_back": result.blocked}
-    if result.stop_reason:
-        update["stop_reason"] = result.stop_reason
+    if result.stop is not None:
+        update.update(stop=result.stop, stop_reason=_unasked(result.stop_reason, result.stop, state, ctx))
     else:
         ctx.tell("target", target=result.target, tries=state.tries.get(result.target.key, 0))
     update["spend"] = _spend(state, started)
     return update
+
+
+def _unasked(sentence: str, stop: StopReason, state: RunState, ctx: RunContext) -> str:
+    """The stop sentence of a run restricted to some kinds, naming the P0/P1 defects it was not asked
+    to repair, so a "clean" run never reads as a clean image when the checks still find some."""
+    fail_on = [p.value for p in ctx.policy.gate.fail_on]
+    asked = {f.key for f in restrict(state.findings, state.inputs.only_kinds, state.inputs.skip_kinds)}
+    others = sorted({f.kind for f in state.findings if f.priority in fail_on and f.key not in asked})
+    if stop != StopReason.clean or not others:
+        return sentence
+    return f"clean: no P0/P1 defect of the kinds asked for left ({', '.join(others)} not asked for)"
 
 
 def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
@@ -102,9 +122,7 @@ def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
         diffusers_fallback=_diffusers_fallback(settings) if state.inputs.backend == "openai" else None)
     decision = plan_repair(state.target, state.findings, state.attempts, plan_ctx)
     update: dict[str, Any] = {"plan": decision.plan, "approved": None}
-    if decision.stop:
-        update["stop_reason"] = decision.stop
-    elif decision.open:
+    if decision.open:
         update["open_defects"] = {**state.open_defects, decision.open.key: decision.open}
         ctx.tell("open", defect=decision.open)
     else:
@@ -135,9 +153,11 @@ def approve(state: RunState, runtime: Runtime[RunContext]) -> dict:
     if answer:
         return {"approved": True}
     declined = Attempt(index=len(state.attempts) + 1, plan=plan, before_image=state.current_image,
-                       outcome=Outcome.declined, reason="declined: the paid call was not approved")
+                       outcome=Outcome.declined, cause=AttemptCause.declined,
+                       reason="declined: the paid call was not approved")
     defect = OpenDefect(key=plan.target.key, kind=plan.target.kind, priority=plan.target.priority,
-                        reason="the paid repair was declined", would_fix=f"{plan.tool} with the {plan.template} template")
+                        cause=OpenCause.declined, box=plan.target.box, reason="the paid repair was declined",
+                        would_fix=f"{plan.tool} with the {plan.template} template")
     return {"approved": False, "plan": None, "attempts": [declined],
             "open_defects": {**state.open_defects, defect.key: defect}}
 
@@ -158,9 +178,33 @@ def _repair_mask(plan, state: RunState, ctx: RunContext, image: np.ndarray) -> n
     return mask
 
 
+class ToolFailed(Exception):
+    """A repair tool raised: the attempt fails with this cause (the run goes on)."""
+
+    def __init__(self, cause: AttemptCause, reason: str):
+        super().__init__(reason)
+        self.cause, self.reason = cause, reason
+
+
+def _call_tool(name: str, request):
+    """Run one repair tool. What the tool raises becomes :class:`ToolFailed`; the loop's own errors
+    (building masks, saving files) are not caught here and end the run as the bugs they are."""
+    from fixloop.tools.base import ModerationBlocked, RepairError
+
+    function = load_tool(name).function
+    try:
+        return function(request)
+    except ModerationBlocked as exc:
+        raise ToolFailed(AttemptCause.moderation, f"moderation: {exc}") from exc
+    except RepairError as exc:
+        raise ToolFailed(AttemptCause.tool_error, f"tool error: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a crashed tool is one failed attempt, reported, not the end of the run
+        raise ToolFailed(AttemptCause.tool_crashed, f"tool crashed: {type(exc).__name__}: {exc}") from exc
+
+
 def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
     from fixloop.agent.findings import to_finding
-    from fixloop.tools.base import ModerationBlocked, RepairError, RepairRequest
+    from fixloop.tools.base import RepairRequest
 
     started = time.perf_counter()
     ctx = runtime.context
@@ -169,30 +213,32 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
     attempt = Attempt(index=index, plan=plan, before_image=state.current_image)
     before = ctx.image_array(state.current_image)
     tool_seconds, cost = 0.0, 0.0
+    image = ctx.image_array(plan.base_image) if plan.base_image else before
+    mask = _repair_mask(plan, state, ctx, image)
+    source = before if plan.salvage else ctx.source_pixels(image, state.canvas_pad)
+    parameters = dict(plan.parameters)
+    parameters.pop("attempt", None)
+    if plan.tool.startswith("local.") and plan.tool != "local.composite_back":
+        parameters["finding"] = to_finding(plan.target, mask if plan.mask_source == MaskSource.finding else None)
+    references = [ctx.image_array(r) for r in plan.references]
     try:
-        image = ctx.image_array(plan.base_image) if plan.base_image else before
-        mask = _repair_mask(plan, state, ctx, image)
-        source = before if plan.salvage else ctx.source_pixels(image, state.canvas_pad)
-        parameters = dict(plan.parameters)
-        parameters.pop("attempt", None)
-        if plan.tool.startswith("local.") and plan.tool != "local.composite_back":
-            parameters["finding"] = to_finding(plan.target, mask if plan.mask_source == MaskSource.finding else None)
         if plan.prepare == "expand_canvas":
             t0 = time.perf_counter()
-            grown = load_tool("local.expand_canvas").function(
-                RepairRequest(image=image, parameters={"finding": to_finding(plan.target)}))
+            grown = _call_tool("local.expand_canvas",
+                               RepairRequest(image=image, parameters={"finding": to_finding(plan.target)}))
             tool_seconds += time.perf_counter() - t0
             image, mask = grown.image, grown.mask
             attempt.canvas_extend = {k: int(v) for k, v in grown.parameters["extend"].items()}
             attempt.notes.append(f"canvas grown to {image.shape[1]}x{image.shape[0]} for the outpaint")
-        request = RepairRequest(image=image, mask=mask, source=source,
-                                references=[ctx.image_array(r) for r in plan.references],
+        request = RepairRequest(image=image, mask=mask, source=source, references=references,
                                 prompt=plan.prompt, negative_prompt=plan.negative_prompt,
                                 template=plan.template, parameters=parameters)
         ctx.tell("repair", plan=plan, attempt=index)
         t0 = time.perf_counter()
-        result = load_tool(plan.tool).function(request)
-        tool_seconds += time.perf_counter() - t0
+        try:
+            result = _call_tool(plan.tool, request)
+        finally:
+            tool_seconds += time.perf_counter() - t0
         cost = float(result.cost_usd)
         if plan.paid and result.parameters.get("cost_known") is False:
             cost = max(cost, plan.estimated_usd)  # no usage block: book the estimate, so the budget still holds
@@ -201,30 +247,30 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
             # An outpaint only adds the new strip: the part of the picture that was there comes back
             # pixel for pixel (a GPT Image round trip would resample it), the seam fading inside the strip.
             t0 = time.perf_counter()
-            kept = load_tool("local.composite_back").function(
-                RepairRequest(image=result.image, mask=mask, source=image, parameters={"seam": "inside"}))
+            kept = _call_tool("local.composite_back",
+                              RepairRequest(image=result.image, mask=mask, source=image, parameters={"seam": "inside"}))
             tool_seconds += time.perf_counter() - t0
             result.image = kept.image
             attempt.notes.append("the picture inside the old frame was restored exactly; only the new strip is generated")
-        name = f"attempts/{index:02d}-{plan.tool}.png"
-        attempt.image = ctx.files.save_image(result.image, name)
-        # the mask where the tool changed pixels (an exposure pass changes every pixel; its mask only
-        # says where it measured, so it is not kept)
-        used_mask = None if plan.tool == "local.exposure_color" else (result.mask if result.mask is not None else mask)
-        if used_mask is not None and used_mask.shape == result.image.shape[:2]:
-            attempt.mask = ctx.files.save_mask(used_mask, f"attempts/{index:02d}-mask.png")
-        if result.control is not None:
-            attempt.control = ctx.files.save_image(result.control, f"attempts/{index:02d}-control.png")
-        attempt.tool_parameters = plain_data(result.parameters)
-        attempt.cost_usd = round(cost, 6)
-        attempt.seconds = round(tool_seconds, 4)
-        attempt.notes.extend(result.notes)
-    except ModerationBlocked as exc:
-        attempt.outcome, attempt.reason = Outcome.failed, f"moderation: {exc}"
-    except RepairError as exc:
-        attempt.outcome, attempt.reason = Outcome.failed, f"tool error: {exc}"
-    except Exception as exc:  # noqa: BLE001 - a crashed tool is one failed attempt, reported, not the end of the run
-        attempt.outcome, attempt.reason = Outcome.failed, f"tool crashed: {type(exc).__name__}: {exc}"
+    except ToolFailed as failure:
+        attempt.outcome, attempt.cause, attempt.reason = Outcome.failed, failure.cause, failure.reason
+        attempt.cost_usd, attempt.seconds = round(cost, 6), round(tool_seconds, 4)
+        return {"pending": attempt,
+                "spend": _spend(state, started, passes=1, usd=cost, tool_seconds=tool_seconds)}
+
+    name = f"attempts/{index:02d}-{plan.tool}.png"
+    attempt.image = ctx.files.save_image(result.image, name)
+    # the mask where the tool changed pixels (an exposure pass changes every pixel; its mask only
+    # says where it measured, so it is not kept)
+    used_mask = None if plan.tool == "local.exposure_color" else (result.mask if result.mask is not None else mask)
+    if used_mask is not None and used_mask.shape == result.image.shape[:2]:
+        attempt.mask = ctx.files.save_mask(used_mask, f"attempts/{index:02d}-mask.png")
+    if result.control is not None:
+        attempt.control = ctx.files.save_image(result.control, f"attempts/{index:02d}-control.png")
+    attempt.tool_parameters = plain_data(result.parameters)
+    attempt.cost_usd = round(cost, 6)
+    attempt.seconds = round(tool_seconds, 4)
+    attempt.notes.extend(result.notes)
     return {"pending": attempt,
             "spend": _spend(state, started, passes=1, usd=cost, tool_seconds=tool_seconds)}
 
@@ -233,16 +279,18 @@ def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
     started = time.perf_counter()
     ctx = runtime.context
     attempt = state.pending.model_copy(deep=True)
-    key = attempt.plan.target.key
-    tries = {**state.tries, key: state.tries.get(key, 0) + 1}
+    target = attempt.plan.target
+    tries = {**state.tries, target.key: state.tries.get(target.key, 0) + 1}
     update: dict[str, Any] = {"pending": None, "plan": None, "tries": tries}
     attempt.findings_before = [f.brief() for f in state.findings]
     check_seconds = 0.0
+    closed: list[OpenDefect] = []  # defects left open or held back that the checks no longer find
     if attempt.outcome == Outcome.failed:
-        if attempt.reason.startswith("moderation"):
-            update["open_defects"] = {**state.open_defects, key: OpenDefect(
-                key=key, kind=attempt.plan.target.kind, priority=attempt.plan.target.priority,
-                reason=attempt.reason, would_fix="reword the request, or repair it with --backend diffusers")}
+        if attempt.cause == AttemptCause.moderation:
+            update["open_defects"] = {**state.open_defects, target.key: OpenDefect(
+                key=target.key, kind=target.kind, priority=target.priority, cause=OpenCause.moderation,
+                box=target.box, reason=attempt.reason,
+                would_fix="reword the request, or repair it with --backend diffusers")}
     else:
         after_image = ctx.image_array(attempt.image)
         before_image = ctx.image_array(state.current_image)
@@ -251,16 +299,20 @@ def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
         try:
             report = ctx.check(after_image, pad)
         except InputError as exc:  # the output does not fit the run's inputs any more: it cannot be judged
-            attempt.outcome, attempt.reason = Outcome.rolled_back, f"the output could not be checked: {exc}"
+            attempt.outcome, attempt.cause = Outcome.rolled_back, AttemptCause.output_unreadable
+            attempt.reason = f"the output could not be checked: {exc}"
             ctx.tell("verdict", attempt=attempt)
             return {**update, "attempts": [attempt], "spend": _spend(state, started)}
         spill = None
-        generative = attempt.plan.tool in ("openai", "diffusers")
-        if generative and attempt.mask is not None and attempt.plan.prepare is None:
-            spill = outside_change(before_image, after_image, ctx.files.mask(attempt.mask), ctx.policy)
+        if attempt.plan.tool in GENERATIVE_TOOLS and attempt.plan.prepare is None:
+            # a generative repair may change any pixel: what it did outside its mask is measured, and a
+            # measure that cannot run is not read as "nothing changed" (see agent.verify)
+            mask = ctx.files.mask(attempt.mask) if attempt.mask is not None else None
+            spill = outside_change(before_image, after_image, mask, ctx.policy)
         check_seconds = time.perf_counter() - t0
-        # on a grown canvas the old picture moved right/down by the new left/top strips: so did its findings
-        before = shift_records(state.findings, attempt.canvas_extend)
+        # on a grown canvas the old picture moved right/down by the new left/top strips; on a flipped
+        # one every region moved to its mirror place: so did the findings, and the defects left open
+        before = _moved(state.findings, attempt, after_image)
         after = record_findings(report.findings, before, ctx.files, f"work/pass-{attempt.index:02d}")
         attempt.findings_after = [f.brief() for f in after]
         attempt.check_seconds = round(check_seconds, 4)
@@ -268,14 +320,46 @@ def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
         verdict = judge(attempt.plan, before, after, [p.value for p in ctx.policy.gate.fail_on],
                         settings.min_improvement, settings.worse_factor, report.verdict, spill)
         attempt.outcome = Outcome.accepted if verdict.accepted else Outcome.rolled_back
-        attempt.reason = verdict.reason
+        attempt.cause, attempt.reason = verdict.cause, verdict.reason
+        attempt.notes.extend(verdict.notes)
         if verdict.accepted:
-            update.update(current_image=attempt.image, current_pass=attempt.index, findings=after,
-                          verdict=report.verdict, check_notes=_check_notes(report), canvas_pad=pad)
+            # what was left open (or held back) is judged again on the new image: a defect the checks
+            # no longer find is no longer open
+            open_defects, gone = still_open(_moved_open(state.open_defects, attempt, after_image), after)
+            held_back, released = still_open(_moved_open(state.held_back, attempt, after_image), after)
+            update.update(current_image=attempt.image, findings=after, verdict=report.verdict,
+                          check_notes=_check_notes(report), canvas_pad=pad,
+                          open_defects=open_defects, held_back=held_back)
+            closed = [*gone, *released]
+            attempt.notes.extend(f"{d.kind} ({d.priority}) is no longer found on the new image: no longer "
+                                 f"{'held back' if d.cause == OpenCause.held_back else 'open'}" for d in closed)
     ctx.tell("verdict", attempt=attempt)
+    if closed:
+        ctx.tell("closed", defects=closed)
     update["attempts"] = [attempt]
     update["spend"] = _spend(state, started, check_seconds=check_seconds)
     return update
+
+
+def _flip_axis(attempt: Attempt) -> str | None:
+    """The axis an attempt flipped the picture on (None when it did not flip it)."""
+    if attempt.plan.tool != "local.flip_back":
+        return None
+    return str(attempt.tool_parameters.get("axis", "horizontal"))
+
+
+def _moved(records, attempt: Attempt, after_image: np.ndarray):
+    """``records`` of the image before ``attempt`` placed on its output (grown canvas, flip)."""
+    records = shift_records(records, attempt.canvas_extend)
+    axis = _flip_axis(attempt)
+    if axis is not None:
+        records = flip_records(records, axis, (after_image.shape[1], after_image.shape[0]))
+    return records
+
+
+def _moved_open(defects: dict[str, OpenDefect], attempt: Attempt, after_image: np.ndarray) -> dict[str, OpenDefect]:
+    """Open defects placed on the output like the findings (their boxes; keys stay)."""
+    return dict(zip(defects, _moved(list(defects.values()), attempt, after_image)))
 
 
 def _grown(pad: dict[str, int], extend: dict[str, int] | None) -> dict[str, int]:
@@ -302,12 +386,10 @@ def finish(state: RunState, runtime: Runtime[RunContext]) -> dict:
 
 
 def after_triage(state: RunState) -> str:
-    return "finish" if state.stop_reason else "plan"
+    return "finish" if state.stop is not None else "plan"
 
 
 def after_plan(state: RunState) -> str:
-    if state.stop_reason:
-        return "finish"
     if state.plan is None:
         return "triage"  # the target was left open; pick the next one
     if state.plan.paid and state.inputs.approve:
@@ -327,7 +409,7 @@ def build_graph() -> StateGraph:
     graph.add_edge(START, "inspect")
     graph.add_edge("inspect", "triage")
     graph.add_conditional_edges("triage", after_triage, ["plan", "finish"])
-    graph.add_conditional_edges("plan", after_plan, ["approve", "repair", "triage", "finish"])
+    graph.add_conditional_edges("plan", after_plan, ["approve", "repair", "triage"])
     graph.add_conditional_edges("approve", after_approve, ["repair", "triage"])
     graph.add_edge("repair", "verify")
     graph.add_edge("verify", "triage")

@@ -32,7 +32,8 @@ def overhead_per_pass(state: RunState) -> float | None:
 
 def build_report(state: RunState, final_image: str | None, review_sheet: str | None) -> RepairReport:
     return RepairReport(
-        run_id=state.run_id, verdict=state.verdict, stop_reason=state.stop_reason, final_image=final_image,
+        run_id=state.run_id, verdict=state.verdict, stop=state.stop, stop_reason=state.stop_reason,
+        final_image=final_image,
         review_sheet=review_sheet, inputs=state.inputs, budget=state.budget, spend=state.spend,
         loop_overhead_seconds_per_pass=overhead_per_pass(state), findings=state.findings,
         open_defects=[*state.open_defects.values(), *state.held_back.values()], check_notes=state.check_notes, attempts=state.attempts)

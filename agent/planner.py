@@ -23,8 +23,8 @@ forever.
 - An exposure or colour correction is always its own pass (``local.exposure_color``, which changes
   no content); when both drifts are open it corrects both in that one pass.
 - Before a paid call the planner estimates its cost; a call that would pass the dollar budget is
-  not made: its defect stays open with a ``budget:`` reason (free repairs of other defects go on),
-  and that reason becomes the run's stop reason.
+  not made: its defect stays open for the dollar budget (:attr:`OpenCause.budget_usd`; free repairs
+  of other defects go on), and that reason becomes the run's stop reason.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from fixloop.agent.state import Attempt, FindingRecord, MaskSource, OpenDefect, Outcome, RepairPlan
+from fixloop.agent.state import (Attempt, AttemptCause, FindingRecord, MaskSource, OpenCause, OpenDefect, Outcome,
+                                 RepairPlan)
 from fixloop.checks.policy import RepairSettings
 
 GENERATIVE = "generative"  # placeholder tool of a rung: the run's backend (openai or diffusers)
@@ -87,11 +88,10 @@ class PlanContext:
 
 @dataclass
 class Decision:
-    """Exactly one of: a plan to run, a defect to leave open, or a reason to stop the run."""
+    """Exactly one of: a plan to run, or a defect to leave open (triage then picks the next one)."""
 
     plan: RepairPlan | None = None
     open: OpenDefect | None = None
-    stop: str | None = None
 
 
 # ---- the ladders --------------------------------------------------------------------------------
@@ -217,7 +217,7 @@ def estimate_usd(ctx: PlanContext, quality: str) -> float | None:
 
 
 def _spilled(attempt: Attempt) -> bool:
-    return attempt.outcome == Outcome.rolled_back and attempt.reason.startswith("spilled")
+    return attempt.outcome == Outcome.rolled_back and attempt.cause == AttemptCause.spilled
 
 
 def would_fix(kind: str, template: str) -> str:
@@ -242,16 +242,19 @@ def plan_repair(target: FindingRecord, findings: Sequence[FindingRecord], histor
     rung_index = sum(1 for a in mine if not a.plan.salvage)
     if rung_index >= len(rungs):
         if not rungs:
+            cause = OpenCause.no_backend
             needs_source = any("source" in r.needs for r in ladder(target.kind, ctx.backend)
                                if r.tool != GENERATIVE or ctx.backend != "local")
             reason = (f"no {ctx.backend} repair for {target.kind}" +
                       (" without the source image" if needs_source and not ctx.has_source else ""))
         else:
+            cause = OpenCause.resisted_ladder
             reason = f"resisted all {len(rungs)} rung(s) of its ladder"
             if mine:
                 reason += f"; last attempt: {mine[-1].reason}"
-        return Decision(open=OpenDefect(key=target.key, kind=target.kind, priority=target.priority,
-                                        reason=reason, would_fix=would_fix(target.kind, target.template)))
+        return Decision(open=OpenDefect(key=target.key, kind=target.kind, priority=target.priority, cause=cause,
+                                        box=target.box, reason=reason,
+                                        would_fix=would_fix(target.kind, target.template)))
     rung = rungs[rung_index]
     change = f"first repair: {rung.does}" if rung_index == 0 else rung.change
     plan = RepairPlan(target=target, template=target.template, tool=rung.tool, rung=rung_index,
@@ -279,13 +282,15 @@ def _salvage(target: FindingRecord, rejected: Attempt) -> RepairPlan:
         parameters={"seam": "inside", "attempt": rejected.index})
 
 
-def _over_budget(plan: RepairPlan, reason: str) -> Decision:
+def _over_budget(plan: RepairPlan, cause: OpenCause, reason: str) -> Decision:
     """A paid call the dollar budget does not allow: the defect stays open (free repairs of other
     defects still run), and the run's stop reason says it was the budget."""
     target = plan.target
-    return Decision(open=OpenDefect(key=target.key, kind=target.kind, priority=target.priority, reason=reason,
+    return Decision(open=OpenDefect(key=target.key, kind=target.kind, priority=target.priority, cause=cause,
+                                    box=target.box, reason=reason,
                                     would_fix=f"{plan.tool} with the {plan.template} template ({plan.change}); "
-                                              "raise --budget-usd to allow it"))
+                                              + ("raise --budget-usd to allow it" if cause == OpenCause.budget_usd
+                                                 else "give the model a price, or choose a priced model")))
 
 
 def _control_option(start: dict[str, Any]) -> tuple[str, float] | None:
@@ -310,6 +315,7 @@ def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: P
         rendered = render(target.template, to_finding(target), request=request)
     except TemplateError as exc:
         return Decision(open=OpenDefect(key=target.key, kind=target.kind, priority=target.priority,
+                                        cause=OpenCause.template_unfillable, box=target.box,
                                         reason=f"the {target.template} template cannot be filled from the finding: {exc}",
                                         would_fix=would_fix(target.kind, target.template)))
     backend = "diffusers" if rung.tool == SWITCH_TO_DIFFUSERS else ctx.backend
@@ -328,11 +334,13 @@ def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: P
             plan.parameters["base_url"] = ctx.base_url
         estimate = estimate_usd(ctx, quality)
         if estimate is None:
-            return _over_budget(plan, f"budget: model {ctx.model!r} has no price in the price table, so its calls "
+            return _over_budget(plan, OpenCause.unpriced,
+                                f"budget: model {ctx.model!r} has no price in the price table, so its calls "
                                       "cannot be kept within the dollar budget: add it (tools/prices.toml format)")
         plan.estimated_usd = round(estimate, 4)
         if ctx.spent_usd + plan.estimated_usd > ctx.max_usd:  # a $0 budget allows no paid call
-            return _over_budget(plan, f"budget: the next paid repair (about ${plan.estimated_usd:.4f}) would pass "
+            return _over_budget(plan, OpenCause.budget_usd,
+                                f"budget: the next paid repair (about ${plan.estimated_usd:.4f}) would pass "
                                       f"the ${ctx.max_usd:.2f} budget (${ctx.spent_usd:.4f} spent)")
         return Decision(plan=plan)
     # diffusers: the template's starting parameters, denoise at the low end or the middle of its range

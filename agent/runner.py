@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 from fixloop.agent.context import Progress, RunContext
 from fixloop.agent.graph import build_graph, recursion_limit
-from fixloop.agent.state import CHECKPOINT_TYPES, Budget, RunInputs, RunState
+from fixloop.agent.state import BUDGET_STOPS, CHECKPOINT_TYPES, MONEY_CAUSES, Budget, RunInputs, RunState, StopReason
 from fixloop.checks.images import InputError
 
 HOME_ENV = "FIXLOOP_HOME"
@@ -91,20 +91,20 @@ def _drive(graph, config: dict, payload: Any, ctx: RunContext, approver: Approve
 def _finish_after_recursion(graph, config: dict, ctx: RunContext) -> RunState:
     """The recursion backstop fired: deliver the best image so far, as the finish node would."""
     from fixloop.agent.outputs import write_outputs
-    from fixloop.agent.state import Outcome
+    from fixloop.agent.state import AttemptCause, Outcome
 
     state = RunState.model_validate(graph.get_state(config).values)
     not_verified = []
     if state.pending is not None:  # a tool ran but its output was never judged: report it, deliver none of it
         not_verified = [state.pending.model_copy(update={
-            "outcome": Outcome.failed, "reason": "not verified: the run reached its step limit first"})]
-    reason = "stopped by the graph's recursion limit (a backstop)"
-    state = state.model_copy(update={"stop_reason": reason, "finished": True, "pending": None,
-                                     "attempts": [*state.attempts, *not_verified]})
+            "outcome": Outcome.failed, "cause": AttemptCause.not_verified,
+            "reason": "not verified: the run reached its step limit first"})]
+    stop = {"stop": StopReason.recursion_limit, "stop_reason": "stopped by the graph's recursion limit (a backstop)",
+            "finished": True, "pending": None}
+    state = state.model_copy(update={**stop, "attempts": [*state.attempts, *not_verified]})
     write_outputs(state, ctx)
     # ``attempts`` accumulates: hand the checkpoint only the attempt it does not have yet
-    graph.update_state(config, {"stop_reason": reason, "finished": True, "pending": None, "attempts": not_verified},
-                       as_node="finish")
+    graph.update_state(config, {**stop, "attempts": not_verified}, as_node="finish")
     ctx.tell("finish", state=state)
     return state
 
@@ -144,15 +144,18 @@ def resume_run(run_id: str, progress: Progress | None = None, approver: Approver
     state = load_run(run_id, db)
     ctx = RunContext.open(state.inputs, progress)
     budget = budget if budget is not None and budget != state.budget else None
-    out_of_budget = state.finished and (state.stop_reason or "").startswith("budget:")
+    out_of_budget = state.finished and state.stop in BUDGET_STOPS
     if state.finished and not (budget and out_of_budget):
         ctx.tell("resume", state=state)
         return state
     with open_graph(db) as graph:
         config = _config(run_id, budget or state.budget)
         if budget and out_of_budget:
-            # back to the edge after verify: triage picks the next target under the new limits
-            graph.update_state(config, {"budget": budget, "stop_reason": None, "finished": False}, as_node="verify")
+            # back to the edge after verify: triage picks the next target under the new limits, and the
+            # defects only the dollar budget left open are tried again
+            still_open = {k: d for k, d in state.open_defects.items() if d.cause not in MONEY_CAUSES}
+            graph.update_state(config, {"budget": budget, "stop": None, "stop_reason": None, "finished": False,
+                                        "open_defects": still_open}, as_node="verify")
         elif budget:
             graph.update_state(config, {"budget": budget})
         snapshot = graph.get_state(config)

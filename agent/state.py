@@ -13,12 +13,15 @@ The pieces, in the order a run fills them:
 - :class:`RepairPlan`: what the planner chose for the target: template, tool, mask, parameters, the
   rendered prompt, and which rung of the escalation ladder it is.
 - :class:`Attempt`: one executed plan: its output, cost, time, findings before and after, and
-  whether verify accepted it or rolled it back (and why).
+  whether verify accepted it or rolled it back, and why (:class:`AttemptCause`, with the sentence).
 - :class:`OpenDefect`: a defect the run leaves open (no backend can repair it, it resisted its
-  ladder, the user declined the paid call, a structure defect blocked it), with the plan that would
-  fix it.
-- :class:`RunState`: the graph's state: the above plus the current image, the spend and the stop
-  reason.
+  ladder, the user declined the paid call, a structure defect blocked it), why
+  (:class:`OpenCause`, with the sentence), and the plan that would fix it.
+- :class:`RunState`: the graph's state: the above plus the current image, the spend and why the
+  run stopped (:class:`StopReason`, with the sentence).
+
+Every "why" is a typed field beside its sentence: the loop, the service and the front ends decide
+on the enum, and show the sentence to people.
 """
 
 from __future__ import annotations
@@ -106,10 +109,6 @@ class FindingRecord(BaseModel):
     mask_file: str | None = None  # PNG in the run folder, candidate pixels, white = the defect
     evidence: dict[str, Any] = Field(default_factory=dict)
 
-    @property
-    def label(self) -> str:
-        return f"{self.kind} ({self.priority}, {self.score:g} {self.unit})"
-
     def brief(self) -> dict[str, Any]:
         """The part a report needs to compare before and after."""
         return {"key": self.key, "kind": self.kind, "priority": self.priority, "score": self.score,
@@ -145,16 +144,71 @@ class RepairPlan(BaseModel):
     prepare: str | None = None  # a local step run first: "expand_canvas" (outpaint a cropped subject)
     salvage: bool = False  # composite a rejected output back inside its mask instead of a new call
     base_image: str | None = None  # repair this file instead of the current image (salvage a rejected output)
-    restore_from: str | None = None  # the ``source`` the tool gets: the run's source or an earlier image
     estimated_usd: float = 0.0
     also_fixes: list[str] = Field(default_factory=list)  # other open keys the same pass targets (exposure + colour)
 
 
 class Outcome(str, Enum):
+    """What became of an attempt (the broad verdict; :class:`AttemptCause` says why)."""
+
     accepted = "accepted"
     rolled_back = "rolled_back"
     failed = "failed"  # the tool raised (API error, moderation block, bad input): nothing to verify
     declined = "declined"  # the user said no to a paid call (--approve)
+
+
+class AttemptCause(str, Enum):
+    """Why an attempt ended as it did. Control flow reads this, never the ``reason`` sentence."""
+
+    accepted = "accepted"  # the target is gone or clearly improved, nothing else got worse
+    # rolled back by verify
+    no_progress = "no_progress"  # the target did not improve enough
+    new_defect = "new_defect"  # a new P0/P1 finding appeared
+    made_worse = "made_worse"  # a finding already there got much worse
+    spilled = "spilled"  # the repair changed pixels outside its mask (the planner may salvage it)
+    unverified = "unverified"  # whether it changed pixels outside its mask could not be measured
+    check_error = "check_error"  # a check failed on the output
+    output_unreadable = "output_unreadable"  # the output does not fit the run's inputs: it cannot be checked
+    # failed: the tool raised, nothing to verify
+    tool_error = "tool_error"  # the tool refused or failed with its own error (RepairError)
+    tool_crashed = "tool_crashed"  # the tool raised something else
+    moderation = "moderation"  # the backend's safety system blocked the request
+    declined = "declined"  # the user said no to the paid call (--approve)
+    not_verified = "not_verified"  # the run stopped (step limit) between the tool call and verify
+
+
+class OpenCause(str, Enum):
+    """Why a defect stays open. Control flow reads this, never the ``reason`` sentence."""
+
+    no_backend = "no_backend"  # no repair for this kind on the run's backend (or without the inputs it needs)
+    resisted_ladder = "resisted_ladder"  # every rung of its escalation ladder was tried and rejected
+    budget_usd = "budget_usd"  # the next paid call would pass the dollar budget
+    unpriced = "unpriced"  # the model has no price, so its calls cannot be kept within the dollar budget
+    declined = "declined"  # the user said no to the paid call (--approve)
+    moderation = "moderation"  # the backend's safety system blocked the request
+    held_back = "held_back"  # a detail defect not attempted while a structure defect is open
+    template_unfillable = "template_unfillable"  # the repair template cannot be filled from the finding
+
+
+# Open causes that are the dollar budget's doing: a run whose P0/P1 defects stay open for one of
+# these stopped because of the budget, and a resume with a larger budget tries them again.
+MONEY_CAUSES = (OpenCause.budget_usd, OpenCause.unpriced)
+
+
+class StopReason(str, Enum):
+    """Why a run stopped. ``RunState.stop_reason`` carries the sentence for people."""
+
+    clean = "clean"  # no P0/P1 (with --polish: no P2 either) defect left on the final image
+    stuck = "stuck"  # P0/P1 defects left, every one of them open or held back
+    budget_passes = "budget_passes"  # the pass limit was reached
+    budget_usd = "budget_usd"  # dollars spent, or a needed paid call would pass (or cannot be priced within) the limit
+    budget_seconds = "budget_seconds"  # the wall-time limit was reached
+    error = "error"  # a check failed on the current image
+    recursion_limit = "recursion_limit"  # the graph's step backstop fired
+    cancelled = "cancelled"  # the caller cancelled the run (a service job); the best image so far is delivered
+
+
+BUDGET_STOPS = (StopReason.budget_passes, StopReason.budget_usd, StopReason.budget_seconds)
 
 
 class Attempt(BaseModel):
@@ -176,7 +230,8 @@ class Attempt(BaseModel):
     findings_before: list[dict[str, Any]] = Field(default_factory=list)
     findings_after: list[dict[str, Any]] = Field(default_factory=list)
     outcome: Outcome | None = None
-    reason: str = ""
+    cause: AttemptCause | None = None  # why, typed (None until the attempt is judged)
+    reason: str = ""  # why, in words
     notes: list[str] = Field(default_factory=list)
 
 
@@ -188,8 +243,10 @@ class OpenDefect(BaseModel):
     key: str
     kind: str
     priority: str
-    reason: str
+    cause: OpenCause  # why, typed
+    reason: str  # why, in words
     would_fix: str  # in words: template, tool, mask and settings that would repair it
+    box: list[int] | None = None  # the finding's box when it was left open (None: a whole-image defect)
 
 
 class RunState(BaseModel):
@@ -202,7 +259,6 @@ class RunState(BaseModel):
     budget: Budget = Field(default_factory=Budget)
     spend: Spend = Field(default_factory=Spend)
     current_image: str | None = None  # the accepted image so far (file in the run folder, or the input)
-    current_pass: int = 0  # pass that produced the current image (0 = the input)
     canvas_pad: dict[str, int] = Field(default_factory=dict)  # px accepted outpaints added per side: where the input sits now
     findings: list[FindingRecord] = Field(default_factory=list)  # of the current image
     verdict: str | None = None  # of the current image: pass | fail | error
@@ -215,7 +271,8 @@ class RunState(BaseModel):
     open_defects: dict[str, OpenDefect] = Field(default_factory=dict)  # key -> why it stays open
     held_back: dict[str, OpenDefect] = Field(default_factory=dict)  # detail defects an open structure defect holds back (recomputed by every triage)
     approved: bool | None = None  # the user's answer for the pending paid plan
-    stop_reason: str | None = None
+    stop: StopReason | None = None  # why the run stopped, typed (None while it runs)
+    stop_reason: str | None = None  # why the run stopped, in words
     finished: bool = False
 
 
@@ -227,6 +284,7 @@ class RepairReport(BaseModel):
     schema_version: Literal["1"] = "1"
     run_id: str
     verdict: str | None = Field(description="of the final image: pass | fail | error")
+    stop: StopReason | None = Field(description="why the run stopped (typed; stop_reason says it in words)")
     stop_reason: str | None
     final_image: str | None = Field(description="file in the run folder")
     review_sheet: str | None
@@ -251,4 +309,5 @@ def repair_schema_text() -> str:
 
 # Every class a checkpoint may hold; the checkpointer refuses to load any other.
 CHECKPOINT_TYPES = [(__name__, cls.__name__) for cls in (
-    Budget, Spend, RunInputs, FindingRecord, MaskSource, RepairPlan, Outcome, Attempt, OpenDefect, RunState)]
+    Budget, Spend, RunInputs, FindingRecord, MaskSource, RepairPlan, Outcome, AttemptCause, Attempt, OpenCause,
+    OpenDefect, StopReason, RunState)]

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fixloop.agent.findings import severity
-from fixloop.agent.state import Budget, FindingRecord, OpenDefect, Spend
+from fixloop.agent.state import MONEY_CAUSES, Budget, FindingRecord, OpenCause, OpenDefect, Spend, StopReason
 from fixloop.checks.base import PRIORITY_ORDER, STAGE_ORDER, Priority, Stage
 
 LIGHT_BEFORE_RESTORE = ("exposure_drift", "color_temperature_drift")
@@ -32,7 +32,10 @@ LIGHT_BEFORE_RESTORE = ("exposure_drift", "color_temperature_drift")
 
 @dataclass
 class Triage:
+    """Exactly one of: the next target, or why the run stops (typed, and in words)."""
+
     target: FindingRecord | None = None
+    stop: StopReason | None = None
     stop_reason: str | None = None
     blocked: dict[str, OpenDefect] = field(default_factory=dict)  # detail defects a structure defect holds back now
 
@@ -41,14 +44,14 @@ def order_key(record: FindingRecord) -> tuple[int, int, float]:
     return (STAGE_ORDER[Stage(record.stage)], PRIORITY_ORDER[Priority(record.priority)], -severity(record))
 
 
-def budget_stop(budget: Budget, spend: Spend) -> str | None:
-    """The stop reason when a limit is reached, else None."""
+def budget_stop(budget: Budget, spend: Spend) -> tuple[StopReason, str] | None:
+    """(why, in words) when a limit is reached, else None."""
     if spend.passes >= budget.max_passes:
-        return f"budget: {spend.passes} of {budget.max_passes} passes used"
+        return StopReason.budget_passes, f"budget: {spend.passes} of {budget.max_passes} passes used"
     if spend.usd > 0 and spend.usd >= budget.max_usd:
-        return f"budget: ${spend.usd:.4f} of ${budget.max_usd:.2f} spent"
+        return StopReason.budget_usd, f"budget: ${spend.usd:.4f} of ${budget.max_usd:.2f} spent"
     if spend.seconds >= budget.max_seconds:
-        return f"budget: {spend.seconds:.1f} s of {budget.max_seconds:g} s used"
+        return StopReason.budget_seconds, f"budget: {spend.seconds:.1f} s of {budget.max_seconds:g} s used"
     return None
 
 
@@ -56,7 +59,8 @@ def triage(findings: list[FindingRecord], open_defects: dict[str, OpenDefect], f
            polish: bool, budget: Budget, spend: Spend, verdict: str | None = None) -> Triage:
     """Pick the next target, or say why the run stops."""
     if verdict == "error":
-        return Triage(stop_reason="error: a check failed on the current image; see the report's check notes")
+        return Triage(stop=StopReason.error,
+                      stop_reason="error: a check failed on the current image; see the report's check notes")
     must_fix = [f for f in findings if f.priority in fail_on]
     polishable = [f for f in findings if f.priority not in fail_on] if polish else []
     pending = sorted((f for f in must_fix if f.key not in open_defects), key=order_key)
@@ -69,7 +73,7 @@ def triage(findings: list[FindingRecord], open_defects: dict[str, OpenDefect], f
         holding = next(f for f in structure_open if f.key in open_defects)
         for f in [f for f in pending if f.stage == Stage.detail.value]:
             blocked[f.key] = OpenDefect(
-                key=f.key, kind=f.kind, priority=f.priority,
+                key=f.key, kind=f.kind, priority=f.priority, cause=OpenCause.held_back, box=f.box,
                 reason=f"not attempted: the structure defect {holding.kind} is still open, and a detail "
                        "repair on a wrong structure is wasted",
                 would_fix=f"repair {holding.kind} first, then the {f.template} template on this region")
@@ -78,16 +82,17 @@ def triage(findings: list[FindingRecord], open_defects: dict[str, OpenDefect], f
     if not pending:
         left = [f for f in findings if f.priority in fail_on]
         if not left:
-            return Triage(stop_reason="clean: no P0/P1 defect left", blocked=blocked)
+            return Triage(stop=StopReason.clean, stop_reason="clean: no P0/P1 defect left", blocked=blocked)
         money = [open_defects[f.key].reason for f in left
-                 if f.key in open_defects and open_defects[f.key].reason.startswith("budget:")]
+                 if f.key in open_defects and open_defects[f.key].cause in MONEY_CAUSES]
         if money:  # what ended the run is the dollar budget, not the defects themselves
-            return Triage(stop_reason=money[0], blocked=blocked)
-        return Triage(stop_reason=f"stuck: {len(left)} P0/P1 defect(s) left open (see open_defects)",
+            return Triage(stop=StopReason.budget_usd, stop_reason=money[0], blocked=blocked)
+        return Triage(stop=StopReason.stuck,
+                      stop_reason=f"stuck: {len(left)} P0/P1 defect(s) left open (see open_defects)",
                       blocked=blocked)
     stop = budget_stop(budget, spend)
     if stop is not None:
-        return Triage(stop_reason=stop, blocked=blocked)
+        return Triage(stop=stop[0], stop_reason=stop[1], blocked=blocked)
 
     target = pending[0]
     other_structure = [f for f in pending if f.stage == Stage.structure.value and f.kind != "mask_spill"]

@@ -12,56 +12,107 @@ An attempt is accepted only when all of these hold:
 4. no new P0/P1 finding appeared, and no finding already there (the pass's other targets included)
    got ``worse_factor`` times worse.
 
-Otherwise the run keeps the image before the attempt, and the reason goes into the report. A
-rejection whose reason starts with ``spilled`` lets the planner salvage the output (composite it
-back inside its mask) instead of paying for another call.
+A generative repair whose outside could not be checked is not accepted either: when the
+``mask_spill`` measure cannot run (no mask, a mask that leaves too little of the picture to compare,
+or one that does not fit it), the attempt is rolled back as ``unverified``, since a skipped measure
+never reads as "nothing spilled". The one exception is a whole-image repair by design (a redraw of
+the whole picture, or the repair of a whole-image finding) whose mask leaves nothing outside it:
+nothing there is to protect, and the attempt's notes say so.
+
+Otherwise the run keeps the image before the attempt, and the reason goes into the report, typed
+(:class:`~agent.state.AttemptCause`) and in words. A rejection for ``spilled`` lets the planner
+salvage the output (composite it back inside its mask) instead of paying for another call.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 from typing import Sequence
 
 import numpy as np
 
 from fixloop.agent.findings import severity
-from fixloop.agent.state import FindingRecord, RepairPlan
+from fixloop.agent.state import AttemptCause, FindingRecord, MaskSource, RepairPlan
 from fixloop.checks.policy import Policy
+
+# A mask covering at least this share of the picture leaves nothing worth comparing outside it.
+WHOLE_IMAGE_SHARE = 0.98
+WHOLE_IMAGE_NOTE = "whole-image repair: nothing outside the mask to protect"
 
 
 @dataclass
 class Judgement:
     accepted: bool
+    cause: AttemptCause
     reason: str
+    notes: list[str] = field(default_factory=list)
 
 
-def outside_change(before: np.ndarray, after: np.ndarray, mask: np.ndarray, policy: Policy) -> str | None:
-    """How the attempt changed pixels outside ``mask`` (None when it did not), by the mask_spill measure."""
+class SpillStatus(str, Enum):
+    held = "held"  # measured: the pixels outside the mask held
+    spilled = "spilled"  # measured: pixels outside the mask changed
+    unmeasured = "unmeasured"  # the measure could not run; ``message`` says why
+    whole_image = "whole_image"  # no mask, or one that leaves (nearly) nothing outside it to compare
+
+
+@dataclass(frozen=True)
+class Spill:
+    """What the ``mask_spill`` measure says about the pixels outside a repair's mask."""
+
+    status: SpillStatus
+    message: str = ""
+
+
+def whole_image_by_design(plan: RepairPlan) -> bool:
+    """The plan repairs the whole picture on purpose: a redraw with no mask, or a whole-image finding."""
+    return plan.mask_source == MaskSource.none or plan.target.box is None
+
+
+def outside_change(before: np.ndarray, after: np.ndarray, mask: np.ndarray | None, policy: Policy) -> Spill:
+    """How the attempt changed the pixels outside ``mask``, by the mask_spill measure (``mask`` None:
+    the tool had no mask, so the whole picture was open to it)."""
     from fixloop.checks.base import CheckSkipped, REGISTRY
     from fixloop.checks.context import CheckContext
 
     if before.shape != after.shape:
-        return (f"the output is {after.shape[1]}x{after.shape[0]} but the image was "
-                f"{before.shape[1]}x{before.shape[0]}, so nothing outside the mask can be kept")
-    if mask.shape != before.shape[:2] or mask.all():
-        return None
+        return Spill(SpillStatus.spilled,
+                     f"the output is {after.shape[1]}x{after.shape[0]} but the image was "
+                     f"{before.shape[1]}x{before.shape[0]}, so nothing outside the mask can be kept")
+    if mask is None:
+        return Spill(SpillStatus.whole_image, "the repair had no mask: the whole picture was open to it")
+    if mask.shape != before.shape[:2]:
+        return Spill(SpillStatus.unmeasured, f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                                             f"{before.shape[1]}x{before.shape[0]}")
+    if mask.mean() >= WHOLE_IMAGE_SHARE:
+        return Spill(SpillStatus.whole_image, f"the mask covers {mask.mean():.0%} of the picture")
     ctx = CheckContext.from_arrays(after, before, mask, max_side=policy.analysis.max_side)
     try:
         found = REGISTRY.get("mask_spill").function(ctx, policy.params("mask_spill"))
-    except CheckSkipped:
-        return None
+    except CheckSkipped as exc:  # the measure's one skip: too little of the picture left outside the mask
+        return Spill(SpillStatus.whole_image, str(exc))
     if not found:
-        return None
-    return found[0].message
+        return Spill(SpillStatus.held)
+    return Spill(SpillStatus.spilled, found[0].message)
 
 
 def judge(plan: RepairPlan, before: Sequence[FindingRecord], after: Sequence[FindingRecord], fail_on: list[str],
-          min_improvement: float, worse_factor: float, verdict: str, spill: str | None) -> Judgement:
-    """Accept or reject one attempt (see the module docstring for the rules, in order)."""
+          min_improvement: float, worse_factor: float, verdict: str, spill: Spill | None) -> Judgement:
+    """Accept or reject one attempt (see the module docstring for the rules, in order). ``spill`` is
+    None when the repair was not asked to keep the pixels outside a mask (a local, deterministic tool)."""
     if verdict == "error":
-        return Judgement(False, "a check failed on the output, so it cannot be judged")
-    if spill is not None:
-        return Judgement(False, f"spilled: the repair changed pixels outside its mask ({spill})")
+        return Judgement(False, AttemptCause.check_error, "a check failed on the output, so it cannot be judged")
+    notes: list[str] = []
+    if spill is not None and spill.status == SpillStatus.spilled:
+        return Judgement(False, AttemptCause.spilled,
+                         f"spilled: the repair changed pixels outside its mask ({spill.message})")
+    if spill is not None and spill.status in (SpillStatus.unmeasured, SpillStatus.whole_image):
+        if spill.status == SpillStatus.whole_image and whole_image_by_design(plan):
+            notes.append(WHOLE_IMAGE_NOTE)
+        else:
+            return Judgement(False, AttemptCause.unverified,
+                             f"unverified: whether the repair changed pixels outside its mask could not be "
+                             f"measured ({spill.message})")
 
     before_by_key = {f.key: f for f in before}
     after_by_key = {f.key: f for f in after}
@@ -85,17 +136,18 @@ def judge(plan: RepairPlan, before: Sequence[FindingRecord], after: Sequence[Fin
     if not progress:
         new = after_by_key.get(plan.target.key)
         now = "unchanged" if new is None else f"{target.score:g} -> {new.score:g} {new.unit}"
-        return Judgement(False, f"no progress: {target.kind} {now}, not {min_improvement:.0%} of the way back "
-                                "inside its limit")
+        return Judgement(False, AttemptCause.no_progress,
+                         f"no progress: {target.kind} {now}, not {min_improvement:.0%} of the way back "
+                         "inside its limit", notes)
 
     appeared = [f for f in after if f.key not in before_by_key and f.priority in fail_on]
     if appeared:
         names = ", ".join(f"{f.kind} ({f.priority}, {f.score:g} {f.unit})" for f in appeared)
-        return Judgement(False, f"new defect: {names} appeared ({'; '.join(progress)})")
+        return Judgement(False, AttemptCause.new_defect, f"new defect: {names} appeared ({'; '.join(progress)})", notes)
     worse = [(before_by_key[f.key], f) for f in after
              if f.key in before_by_key and (f.threshold, f.unit) == (before_by_key[f.key].threshold, before_by_key[f.key].unit)
              and severity(f) > worse_factor * severity(before_by_key[f.key])]
     if worse:
         names = ", ".join(f"{old.kind} {old.score:g} -> {new.score:g} {new.unit}" for old, new in worse)
-        return Judgement(False, f"made worse: {names} ({'; '.join(progress)})")
-    return Judgement(True, "; ".join(progress))
+        return Judgement(False, AttemptCause.made_worse, f"made worse: {names} ({'; '.join(progress)})", notes)
+    return Judgement(True, AttemptCause.accepted, "; ".join(progress), notes)

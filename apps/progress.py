@@ -87,6 +87,15 @@ class ConsoleProgress:
         self.console.print(f"  [yellow]○ left open[/yellow]: {defect.kind} ({defect.priority}): {escape(defect.reason)}")
         self.console.print(f"    would fix: {escape(defect.would_fix)}")
 
+    def on_closed(self, defects) -> None:
+        """Defects left open (or held back) before that the checks no longer find on the new image."""
+        for defect in defects:
+            from fixloop.agent.state import OpenCause
+
+            was = "held back" if defect.cause == OpenCause.held_back else "left open"
+            self.console.print(f"  [green]● no longer found[/green]: {defect.kind} ({defect.priority}), {was} "
+                               "before: not open any more")
+
     def on_finish(self, state) -> None:
         self.stop()
         colour = {"pass": "green", "fail": "red"}.get(state.verdict or "", "yellow")

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from fixloop.agent.files import RunFiles
-from fixloop.agent.findings import MAX_SEVERITY, match_keys, new_key, record_findings, severity, to_finding
+from fixloop.agent.findings import (MAX_SEVERITY, flip_records, match_keys, new_key, record_findings, severity,
+                                    still_open, to_finding)
 from fixloop.agent.planner import GENERATIVE, PlanContext, estimate_usd, ladder, plan_repair, usable_ladder, would_fix
-from fixloop.agent.state import Attempt, Budget, FindingRecord, MaskSource, OpenDefect, Outcome, RepairPlan, Spend
+from fixloop.agent.state import (Attempt, AttemptCause, Budget, FindingRecord, MaskSource, OpenCause, OpenDefect,
+                                 Outcome, RepairPlan, Spend, StopReason)
 from fixloop.agent.triage import budget_stop, order_key, triage
-from fixloop.agent.verify import judge, outside_change
+from fixloop.agent.verify import WHOLE_IMAGE_NOTE, Spill, SpillStatus, judge, outside_change
 from fixloop.checks.base import DEFECT_KINDS, Finding, Region
 from fixloop.checks.context import CheckContext
 from fixloop.checks.engine import run_checks
@@ -61,10 +63,17 @@ def context(backend: str = "local", has_source: bool = True, has_mask: bool = Tr
 
 
 def attempt(index: int, plan: RepairPlan, outcome: Outcome = Outcome.rolled_back,
-            reason: str = "no progress: unchanged", image: str | None = "auto") -> Attempt:
+            reason: str = "no progress: unchanged", image: str | None = "auto",
+            cause: AttemptCause = AttemptCause.no_progress) -> Attempt:
     image = f"attempts/{index:02d}-{plan.tool}.png" if image == "auto" else image
     return Attempt(index=index, plan=plan, image=image, mask=f"attempts/{index:02d}-mask.png",
-                   outcome=outcome, reason=reason)
+                   outcome=outcome, cause=cause, reason=reason)
+
+
+def opened(target: FindingRecord, cause: OpenCause = OpenCause.resisted_ladder, reason: str = "r") -> OpenDefect:
+    """``target`` left open (by default: it resisted its ladder)."""
+    return OpenDefect(key=target.key, kind=target.kind, priority=target.priority, cause=cause, box=target.box,
+                      reason=reason, would_fix="w")
 
 
 def climb(target: FindingRecord, ctx: PlanContext, reason: str = "no progress: unchanged"):
@@ -140,7 +149,7 @@ def test_real_flip_and_exposure_repairs_the_mirror_first(flip_exposure):
     assert kinds["exposure_drift"].evidence["baseline"] == "the source"
 
     result = triage(records, {}, FAIL_ON, False, Budget(), Spend())
-    assert result.stop_reason is None and result.blocked == {}
+    assert result.stop is None and result.stop_reason is None and result.blocked == {}
     assert result.target.kind == "mirrored"
 
     decision = plan_repair(result.target, records, [], context("local", has_mask=False))
@@ -153,14 +162,13 @@ def test_real_open_structure_defect_blocks_detail_but_not_light(flip_exposure):
     records = [*real, record("hand_malformed", "P0", 3.0, box=[10, 10, 60, 60], evidence=HAND_EVIDENCE)]
     detail = {r.key for r in records if r.stage == "detail"}
     mirrored = next(r for r in records if r.kind == "mirrored")
-    open_defects = {mirrored.key: OpenDefect(key=mirrored.key, kind="mirrored", priority="P0",
-                                             reason="resisted all 1 rung(s) of its ladder", would_fix="...")}
+    open_defects = {mirrored.key: opened(mirrored, reason="resisted all 1 rung(s) of its ladder")}
 
     result = triage(records, open_defects, FAIL_ON, False, Budget(), Spend())
     assert result.target.stage == "light"  # light repairs still run while a structure defect is open
     assert set(result.blocked) == detail
     for key, defect in result.blocked.items():
-        assert "mirrored" in defect.reason and defect.key == key
+        assert "mirrored" in defect.reason and defect.key == key and defect.cause == OpenCause.held_back
         assert next(r.template for r in records if r.key == key) in defect.would_fix
 
     # once the light is handled too, only held-back and open defects remain: the run is stuck, not clean.
@@ -168,28 +176,28 @@ def test_real_open_structure_defect_blocks_detail_but_not_light(flip_exposure):
     # triage works them out again on every call from the structure defects open now.
     for r in records:
         if r.stage == "light":
-            open_defects[r.key] = OpenDefect(key=r.key, kind=r.kind, priority=r.priority, reason="x", would_fix="y")
+            open_defects[r.key] = opened(r, reason="x")
     stuck = triage(records, open_defects, FAIL_ON, False, Budget(), Spend())
     assert stuck.target is None and set(stuck.blocked) == detail
     assert not detail & set(open_defects)
-    assert stuck.stop_reason.startswith("stuck: ")
+    assert stuck.stop == StopReason.stuck and stuck.stop_reason.startswith("stuck: ")
     assert f"{len([r for r in records if r.priority in FAIL_ON])} P0/P1" in stuck.stop_reason
 
 
 def test_blocked_detail_is_released_once_no_structure_defect_is_open():
     hand = record("hand_malformed", "P0", 3.0, box=[10, 10, 60, 60], evidence=HAND_EVIDENCE)
     mirrored = record("mirrored", "P0", 0.9, 0.2)
-    opened = {mirrored.key: OpenDefect(key=mirrored.key, kind="mirrored", priority="P0", reason="r", would_fix="w")}
-    first = triage([mirrored, hand], opened, FAIL_ON, False, Budget(), Spend())
-    assert first.target is None and hand.key in first.blocked and first.stop_reason.startswith("stuck: ")
+    left_open = {mirrored.key: opened(mirrored)}
+    first = triage([mirrored, hand], left_open, FAIL_ON, False, Budget(), Spend())
+    assert first.target is None and hand.key in first.blocked and first.stop == StopReason.stuck
     # held back, not left open: the graph keeps first.blocked in state.held_back, never in open_defects
-    assert hand.key not in opened
+    assert hand.key not in left_open
     # while the mirror is still found, every triage holds the hand back again
-    again = triage([mirrored, hand], opened, FAIL_ON, False, Budget(), Spend(passes=1))
+    again = triage([mirrored, hand], left_open, FAIL_ON, False, Budget(), Spend(passes=1))
     assert again.target is None and set(again.blocked) == {hand.key}
     # the next pass's checks no longer find the mirror (its key is still in open_defects): nothing holds
     # the hand back any more
-    later = triage([hand], opened, FAIL_ON, False, Budget(), Spend(passes=1))
+    later = triage([hand], left_open, FAIL_ON, False, Budget(), Spend(passes=1))
     assert later.target is not None and later.target.key == hand.key and later.blocked == {}
 
 
@@ -229,7 +237,7 @@ def test_real_spill_and_exposure_light_before_restore_then_restore_then_clean(sp
 
     # 3. nothing left
     done = triage(after2, {}, FAIL_ON, False, Budget(), Spend(passes=2), report2.verdict)
-    assert done.target is None and done.stop_reason.startswith("clean: ")
+    assert done.target is None and done.stop == StopReason.clean
 
 
 def test_real_records_keep_their_masks_in_the_run_folder(spill_exposure, files):
@@ -274,8 +282,7 @@ def test_order_structure_then_light_then_detail_p0_before_p1_then_severity():
 def test_open_defects_are_skipped_and_the_next_one_is_picked():
     a = record("mirrored", "P0", 0.9, 0.2)
     b = record("exposure_drift", "P1", 0.5, 0.25)
-    opened = {a.key: OpenDefect(key=a.key, kind=a.kind, priority="P0", reason="r", would_fix="w")}
-    assert triage([a, b], opened, FAIL_ON, False, Budget(), Spend()).target.key == b.key
+    assert triage([a, b], {a.key: opened(a)}, FAIL_ON, False, Budget(), Spend()).target.key == b.key
 
 
 def test_p2_only_with_polish_and_after_every_p0_p1():
@@ -286,37 +293,38 @@ def test_p2_only_with_polish_and_after_every_p0_p1():
     assert triage([p2], {}, FAIL_ON, True, Budget(), Spend()).target.key == p2.key
 
     no_polish = triage([p2], {}, FAIL_ON, False, Budget(), Spend())
-    assert no_polish.target is None and no_polish.stop_reason.startswith("clean: ")
+    assert no_polish.target is None and no_polish.stop == StopReason.clean
 
     # a P2 the polish pass could not repair does not keep the run going, nor make it "stuck"
-    opened = {p2.key: OpenDefect(key=p2.key, kind=p2.kind, priority="P2", reason="r", would_fix="w")}
-    done = triage([p2], opened, FAIL_ON, True, Budget(), Spend())
-    assert done.target is None and done.stop_reason.startswith("clean: ")
+    done = triage([p2], {p2.key: opened(p2)}, FAIL_ON, True, Budget(), Spend())
+    assert done.target is None and done.stop == StopReason.clean
 
 
 def test_clean_error_and_budget_stops():
-    assert triage([], {}, FAIL_ON, False, Budget(), Spend()).stop_reason.startswith("clean: ")
+    clean = triage([], {}, FAIL_ON, False, Budget(), Spend())
+    assert clean.stop == StopReason.clean and clean.stop_reason.startswith("clean: ")
     error = triage([record("mirrored", "P0")], {}, FAIL_ON, False, Budget(), Spend(), verdict="error")
-    assert error.target is None and error.stop_reason.startswith("error: ")
+    assert error.target is None and error.stop == StopReason.error and error.stop_reason.startswith("error: ")
 
     pending = [record("exposure_drift", "P1", 0.5, 0.25)]
     spent = [
-        (Budget(max_passes=3), Spend(passes=3), "3 of 3 passes"),
-        (Budget(max_usd=1.0), Spend(usd=1.25), "$1.2500 of $1.00"),
-        (Budget(max_seconds=60), Spend(seconds=61.0), "61.0 s of 60 s"),
+        (Budget(max_passes=3), Spend(passes=3), StopReason.budget_passes, "3 of 3 passes"),
+        (Budget(max_usd=1.0), Spend(usd=1.25), StopReason.budget_usd, "$1.2500 of $1.00"),
+        (Budget(max_seconds=60), Spend(seconds=61.0), StopReason.budget_seconds, "61.0 s of 60 s"),
     ]
-    for budget, spend, words in spent:
+    for budget, spend, why, words in spent:
         result = triage(pending, {}, FAIL_ON, False, budget, spend)
         assert result.target is None
-        assert result.stop_reason.startswith("budget: ") and words in result.stop_reason
-        assert budget_stop(budget, spend) == result.stop_reason
+        assert result.stop == why and result.stop_reason.startswith("budget: ") and words in result.stop_reason
+        assert budget_stop(budget, spend) == (result.stop, result.stop_reason)
     # a clean image is reported clean even when the budget is spent
-    assert triage([], {}, FAIL_ON, False, Budget(max_passes=1), Spend(passes=5)).stop_reason.startswith("clean: ")
+    assert triage([], {}, FAIL_ON, False, Budget(max_passes=1), Spend(passes=5)).stop == StopReason.clean
     assert budget_stop(Budget(), Spend(passes=7, usd=1.99, seconds=899.0)) is None
     # a $0 budget stops on dollars only once money was spent: a local (free) run goes on
     assert budget_stop(Budget(max_usd=0.0), Spend(passes=1, seconds=5.0)) is None
     assert triage(pending, {}, FAIL_ON, False, Budget(max_usd=0.0), Spend()).target.key == pending[0].key
-    assert budget_stop(Budget(max_usd=0.0), Spend(usd=0.01)).startswith("budget: $0.0100 of $0.00")
+    assert budget_stop(Budget(max_usd=0.0), Spend(usd=0.01)) == (StopReason.budget_usd,
+                                                                 "budget: $0.0100 of $0.00 spent")
 
 
 def test_light_before_restore_only_for_drift_measured_against_the_source():
@@ -329,8 +337,8 @@ def test_light_before_restore_only_for_drift_measured_against_the_source():
     assert triage([spill, colour], {}, FAIL_ON, False, Budget(), Spend()).target.key == colour.key
     assert triage([spill, against_history], {}, FAIL_ON, False, Budget(), Spend()).target.key == spill.key
     # a drift already left open does not hold the restore back
-    opened = {colour.key: OpenDefect(key=colour.key, kind=colour.kind, priority="P1", reason="r", would_fix="w")}
-    assert triage([spill, colour], opened, FAIL_ON, False, Budget(), Spend()).target.key == spill.key
+    left_open = {colour.key: opened(colour)}
+    assert triage([spill, colour], left_open, FAIL_ON, False, Budget(), Spend()).target.key == spill.key
     # another structure defect ahead of the spill is not overtaken
     mirrored = record("mirrored", "P0", 200.0, 1.0)  # severity 200 > the spill's 50
     assert triage([spill, colour, mirrored], {}, FAIL_ON, False, Budget(), Spend()).target.key == mirrored.key
@@ -339,8 +347,8 @@ def test_light_before_restore_only_for_drift_measured_against_the_source():
     behind = record("mirrored", "P0", 0.9, 0.2)  # severity 4.5 < the spill's 50
     assert triage([spill, colour, behind], {}, FAIL_ON, False, Budget(), Spend()).target.key == spill.key
     # a mirror already left open does not count as pending
-    opened = {behind.key: OpenDefect(key=behind.key, kind="mirrored", priority="P0", reason="r", would_fix="w")}
-    assert triage([spill, colour, behind], opened, FAIL_ON, False, Budget(), Spend()).target.key == colour.key
+    assert triage([spill, colour, behind], {behind.key: opened(behind)}, FAIL_ON, False, Budget(),
+                  Spend()).target.key == colour.key
 
 
 # ---- planner: ladders ------------------------------------------------------------------------------
@@ -400,8 +408,8 @@ def test_rung_is_the_number_of_attempts_and_the_ladder_ends_open():
     assert [p.mask_grow_px for p in plans] == [0, round(SETTINGS.wider_mask * diagonal),
                                                round(2 * SETTINGS.wider_mask * diagonal)]
     assert all(p.mask_source == MaskSource.finding and p.paid and p.tool == "openai" for p in plans)
-    assert last.stop is None and last.plan is None
-    assert last.open.key == target.key
+    assert last.plan is None
+    assert last.open.key == target.key and last.open.cause == OpenCause.resisted_ladder and last.open.box == target.box
     assert "resisted all 3 rung(s)" in last.open.reason and "hand_malformed 3 -> 2.9" in last.open.reason
     assert "hands template" in last.open.would_fix
 
@@ -414,8 +422,8 @@ def test_rung_is_the_number_of_attempts_and_the_ladder_ends_open():
 def test_no_backend_can_repair_leaves_it_open_with_the_plan_that_would():
     hand = record("hand_malformed", "P0", 3.0, box=[100, 100, 300, 300], evidence=HAND_EVIDENCE)
     decision = plan_repair(hand, [hand], [], context("local"))
-    assert decision.plan is None and decision.stop is None
-    assert decision.open.reason == "no local repair for hand_malformed"
+    assert decision.plan is None
+    assert decision.open.cause == OpenCause.no_backend and decision.open.reason == "no local repair for hand_malformed"
     assert decision.open.would_fix == would_fix("hand_malformed", "hands")
     start = load_template("hands").diffusion
     for words in ("hands template", "--backend openai", "--backend diffusers", f"{start.denoise[0]:.2f}",
@@ -436,6 +444,7 @@ def test_a_template_the_finding_cannot_fill_is_left_open_not_sent():
     hand = record("hand_malformed", "P0", 3.0, box=[100, 100, 300, 300])  # no handedness, no hand box
     decision = plan_repair(hand, [hand], [], context("openai", max_usd=100.0))
     assert decision.plan is None
+    assert decision.open.cause == OpenCause.template_unfillable
     assert "cannot be filled" in decision.open.reason and "'hand'" in decision.open.reason
 
 
@@ -477,7 +486,8 @@ def test_spilled_generative_attempt_is_salvaged_once_then_the_ladder_goes_on():
     target = record("texture_blur", "P1", 0.3, 0.55, box=[100, 100, 300, 300])
     ctx = context("openai", max_usd=100.0)
     first = plan_repair(target, [target], [], ctx).plan
-    spilled = attempt(1, first, reason="spilled: the repair changed pixels outside its mask (12% outside)")
+    spilled = attempt(1, first, reason="spilled: the repair changed pixels outside its mask (12% outside)",
+                      cause=AttemptCause.spilled)
 
     salvage = plan_repair(target, [target], [spilled], ctx).plan
     assert salvage.salvage and salvage.tool == "local.composite_back" and not salvage.paid
@@ -490,10 +500,13 @@ def test_spilled_generative_attempt_is_salvaged_once_then_the_ladder_goes_on():
     second = plan_repair(target, [target], [spilled, salvage_failed], ctx).plan
     assert not second.salvage and second.rung == 1 and second.tool == "openai"
 
-    # a rejection for another reason, or a spill with no output file, is not salvaged
+    # a rejection for another cause, or a spill with no output file, is not salvaged; nor is one whose
+    # sentence merely reads like a spill (the cause decides, never the text)
     for rejected in (attempt(1, first, reason="no progress: texture_blur unchanged"),
-                     attempt(1, first, reason="spilled: x", image=None),
-                     attempt(1, first, outcome=Outcome.failed, reason="tool error: spilled")):
+                     attempt(1, first, reason="spilled: x", image=None, cause=AttemptCause.spilled),
+                     attempt(1, first, outcome=Outcome.failed, reason="tool error: spilled",
+                             cause=AttemptCause.tool_error),
+                     attempt(1, first, reason="spilled: but unverified", cause=AttemptCause.unverified)):
         plan = plan_repair(target, [target], [rejected], ctx).plan
         assert not plan.salvage and plan.rung == 1
 
@@ -503,9 +516,10 @@ def test_verify_reason_feeds_the_salvage():
     target = record("identity_drift", "P0", 0.6, 0.42, box=[100, 100, 300, 300])
     ctx = context("openai", max_usd=100.0)
     plan = plan_repair(target, [target], [], ctx).plan
-    verdict = judge(plan, [target], [], FAIL_ON, 0.5, 1.5, "pass", spill="9% of the area outside changed")
-    assert not verdict.accepted
-    rejected = attempt(1, plan, reason=verdict.reason)
+    verdict = judge(plan, [target], [], FAIL_ON, 0.5, 1.5, "pass",
+                    spill=Spill(SpillStatus.spilled, "9% of the area outside changed"))
+    assert not verdict.accepted and verdict.cause == AttemptCause.spilled
+    rejected = attempt(1, plan, reason=verdict.reason, cause=verdict.cause)
     assert plan_repair(target, [target], [rejected], ctx).plan.salvage
 
 
@@ -565,8 +579,8 @@ def test_paid_call_estimate_and_budget_stop():
     # a call whose estimate would pass the budget is not made: its defect stays open, with a budget reason
     tight = context("openai", max_usd=1.0, spent_usd=1.0 - estimate / 2)
     decision = plan_repair(target, [target], [], tight)
-    assert decision.plan is None and decision.stop is None
-    assert decision.open.reason.startswith("budget: ") and "$1.00" in decision.open.reason
+    assert decision.plan is None
+    assert decision.open.cause == OpenCause.budget_usd and "$1.00" in decision.open.reason
     assert "--budget-usd" in decision.open.would_fix
     fits = context("openai", max_usd=1.0, spent_usd=1.0 - estimate * 2)
     assert plan_repair(target, [target], [], fits).plan is not None
@@ -627,7 +641,7 @@ def test_later_rungs_do_not_call_themselves_the_first_repair():
 def test_a_zero_dollar_budget_makes_no_paid_call():
     target = record("texture_blur", "P1", 0.3, 0.55, box=[100, 100, 300, 300])
     decision = plan_repair(target, [target], [], context("openai", max_usd=0.0))
-    assert decision.plan is None and decision.open.reason.startswith("budget: ")
+    assert decision.plan is None and decision.open.cause == OpenCause.budget_usd
     assert "$0.00 budget" in decision.open.reason
     # free rungs still run on a $0 budget
     assert plan_repair(record("mirrored", "P0"), [], [], context("openai", max_usd=0.0)).plan.tool == "local.flip_back"
@@ -644,13 +658,14 @@ def test_judge_accepts_gone_or_clearly_improved_targets():
     plan = plan_for("exposure_drift", score=-0.75, threshold=0.25)  # severity 3: excess 2
     before = [plan.target]
     gone = _judge(plan, before, [], "pass")
-    assert gone.accepted and gone.reason == "exposure_drift gone"
+    assert gone.accepted and gone.cause == AttemptCause.accepted and gone.reason == "exposure_drift gone"
 
     half_way = plan.target.model_copy(update={"score": -0.5})  # severity 2: removed 1 = 50 % of the excess
     assert _judge(plan, before, [half_way]).accepted
     short = plan.target.model_copy(update={"score": -0.55})  # removed 0.8 of 2 = 40 %
     verdict = _judge(plan, before, [short])
-    assert not verdict.accepted and verdict.reason.startswith("no progress: exposure_drift -0.75 -> -0.55")
+    assert not verdict.accepted and verdict.cause == AttemptCause.no_progress
+    assert verdict.reason.startswith("no progress: exposure_drift -0.75 -> -0.55")
 
 
 def test_judge_rejects_errors_spills_new_defects_and_collateral_damage():
@@ -658,17 +673,21 @@ def test_judge_rejects_errors_spills_new_defects_and_collateral_damage():
     halo = record("edge_halo", "P1", 0.06, 0.03, box=[0, 0, 50, 50])
     before = [plan.target, halo]
 
-    assert not _judge(plan, before, [], "error").accepted
-    spilled = _judge(plan, before, [halo], spill="17.6% of the area outside the edit mask changed")
-    assert not spilled.accepted and spilled.reason.startswith("spilled") and "17.6%" in spilled.reason
+    error = _judge(plan, before, [], "error")
+    assert not error.accepted and error.cause == AttemptCause.check_error
+    spilled = _judge(plan, before, [halo],
+                     spill=Spill(SpillStatus.spilled, "17.6% of the area outside the edit mask changed"))
+    assert not spilled.accepted and spilled.cause == AttemptCause.spilled and "17.6%" in spilled.reason
 
     appeared = _judge(plan, before, [halo, record("mirrored", "P0", 0.9, 0.2)])
-    assert not appeared.accepted and appeared.reason.startswith("new defect: mirrored (P0")
+    assert not appeared.accepted and appeared.cause == AttemptCause.new_defect
+    assert appeared.reason.startswith("new defect: mirrored (P0")
     polish = _judge(plan, before, [halo, record("texture_blur", "P2", 0.5, 0.55, box=[9, 9, 20, 20])])
     assert polish.accepted  # a new P2 does not fail the gate
 
     worse = _judge(plan, before, [halo.model_copy(update={"score": 0.1})])  # 1.67 x the severity
-    assert not worse.accepted and worse.reason.startswith("made worse: edge_halo 0.06 -> 0.1")
+    assert not worse.accepted and worse.cause == AttemptCause.made_worse
+    assert worse.reason.startswith("made worse: edge_halo 0.06 -> 0.1")
     slightly = _judge(plan, before, [halo.model_copy(update={"score": 0.08})])  # 1.33 x
     assert slightly.accepted
 
@@ -687,7 +706,8 @@ def test_judge_rejects_a_pass_that_makes_its_own_target_much_worse():
     plan = plan_for("exposure_drift", score=-0.6, threshold=0.25, also_fixes=[colour.key])
     worse_exposure = plan.target.model_copy(update={"score": -1.5})
     verdict = _judge(plan, [plan.target, colour], [worse_exposure])
-    assert not verdict.accepted and verdict.reason.startswith("made worse: exposure_drift -0.6 -> -1.5")
+    assert not verdict.accepted and verdict.cause == AttemptCause.made_worse
+    assert verdict.reason.startswith("made worse: exposure_drift -0.6 -> -1.5")
     assert "color_temperature_drift gone" in verdict.reason  # the progress it made is still named
 
 
@@ -721,7 +741,8 @@ def test_judge_rejects_a_repair_that_blurred_the_image(blurs, files):
     assert after[0].key == blurs[1.0].key
     plan = RepairPlan(target=exposure, template="exposure-color", tool="local.exposure_color")
     verdict = _judge(plan, before, after)
-    assert not verdict.accepted and verdict.reason.startswith("made worse: texture_blur"), verdict.reason
+    assert not verdict.accepted and verdict.cause == AttemptCause.made_worse, verdict.reason
+    assert verdict.reason.startswith("made worse: texture_blur"), verdict.reason
 
 
 # ---- verify: outside_change ----------------------------------------------------------------------------
@@ -732,21 +753,127 @@ def test_outside_change_on_a_real_photo():
     mask = defects.centre_box_mask(before.shape, 0.4)
     inside = before.copy()
     inside[mask] = np.clip(inside[mask].astype(np.int16) + 60, 0, 255).astype(np.uint8)
-    assert outside_change(before, inside, mask, POLICY) is None
-    assert outside_change(before, defects.jpeg(inside, 90), mask, POLICY) is None  # re-encoding is not a spill
+    assert outside_change(before, inside, mask, POLICY) == Spill(SpillStatus.held)
+    # re-encoding is not a spill
+    assert outside_change(before, defects.jpeg(inside, 90), mask, POLICY).status == SpillStatus.held
 
     leaked = inside.copy()
     band = np.zeros_like(mask)
     band[:, : before.shape[1] // 5] = True  # a band left of the mask
     leaked[band] = np.clip(leaked[band].astype(np.int16) + 40, 0, 255).astype(np.uint8)
-    message = outside_change(before, leaked, mask, POLICY)
-    assert isinstance(message, str) and "outside the edit mask" in message and "left of the mask" in message
+    spill = outside_change(before, leaked, mask, POLICY)
+    assert spill.status == SpillStatus.spilled
+    assert "outside the edit mask" in spill.message and "left of the mask" in spill.message
 
     everywhere = np.clip(inside.astype(np.int16) + 25, 0, 255).astype(np.uint8)
-    assert "almost everywhere" in outside_change(before, everywhere, mask, POLICY)
+    assert "almost everywhere" in outside_change(before, everywhere, mask, POLICY).message
 
-    # a mask over the whole image leaves nothing outside to compare
-    assert outside_change(before, everywhere, np.ones_like(mask), POLICY) is None
+    # a mask over the whole image, a mask that leaves too little outside it (the measure skips), or no
+    # mask at all: nothing outside to compare, which is never "held"
+    nearly = np.ones_like(mask)
+    nearly[:4] = False
+    for whole in (np.ones_like(mask), nearly, None):
+        assert outside_change(before, everywhere, whole, POLICY).status == SpillStatus.whole_image
+    grown = np.zeros_like(mask)
+    grown[:, 6:-6] = True  # 95 % of the width: grown by the seam margin it leaves nothing to compare
+    skipped = outside_change(before, everywhere, grown, POLICY)
+    assert skipped.status == SpillStatus.whole_image and "leaves only" in skipped.message
+    # a mask of another size cannot be measured at all
+    assert outside_change(before, inside, mask[:-1], POLICY).status == SpillStatus.unmeasured
+
+
+def test_a_spill_that_could_not_be_measured_is_unverified_unless_the_repair_is_whole_image_by_design():
+    region = record("texture_blur", "P1", 0.3, 0.55, box=[100, 100, 300, 300])
+    masked = RepairPlan(target=region, template="texture-edge", tool="openai", mask_source=MaskSource.finding)
+    for spill in (Spill(SpillStatus.unmeasured, "the mask is 10x10 but the image is 20x20"),
+                  Spill(SpillStatus.whole_image, "the edit mask, grown by 2% of the diagonal, leaves only 1.0%"),
+                  Spill(SpillStatus.whole_image, "the repair had no mask")):
+        verdict = _judge(masked, [region], [], "pass", spill=spill)
+        assert not verdict.accepted and verdict.cause == AttemptCause.unverified, verdict
+        assert verdict.reason.startswith("unverified") and spill.message in verdict.reason
+    assert _judge(masked, [region], [], "pass", spill=Spill(SpillStatus.held)).accepted
+
+    # a redraw of the whole picture (a mirror, a tilt), or the repair of a whole-image finding: nothing
+    # outside the mask to protect, and the attempt's notes say so
+    tilt = record("perspective_broken", "P0", 7.6, 1.25)
+    redraw = RepairPlan(target=tilt, template=tilt.template, tool="openai", mask_source=MaskSource.none)
+    soft = record("texture_blur", "P1", 0.3, 0.55)
+    soft_plan = RepairPlan(target=soft, template="texture-edge", tool="diffusers", mask_source=MaskSource.finding)
+    for plan in (redraw, soft_plan):
+        verdict = _judge(plan, [plan.target], [], "pass", spill=Spill(SpillStatus.whole_image, "no mask"))
+        assert verdict.accepted and verdict.notes == [WHOLE_IMAGE_NOTE]
+        # a measure that cannot run for another reason is never read as clean, whole image or not
+        broken = _judge(plan, [plan.target], [], "pass", spill=Spill(SpillStatus.unmeasured, "bad mask"))
+        assert not broken.accepted and broken.cause == AttemptCause.unverified
+
+
+# ---- re-judging what the run left open -------------------------------------------------------------------
+
+
+def test_open_defects_the_checks_no_longer_find_leave_the_open_list():
+    """The measured bug: a tilt found only because the picture was mirrored, left open (no local
+    repair) before the flip. After the flip the checks no longer find it, so it is no longer open;
+    what is still found stays open, under the key the checks give it now."""
+    tilt = record("perspective_broken", "P0", -7.6, 1.25)
+    cropped = record("subject_cropped", "P0", 0.5, 0.4, box=[342, 674, 437, 720])
+    hand = record("hand_malformed", "P0", 3.0, box=[100, 100, 200, 200], evidence=HAND_EVIDENCE)
+    blur = record("texture_blur", "P1", 0.3, 0.75)
+    left_open = {r.key: opened(r, OpenCause.no_backend) for r in (tilt, cropped, hand, blur)}
+
+    # after the flip: no tilt; the crop found again at its place under a new key (the boxes overlap);
+    # the hand gone; the soft picture still soft (same key)
+    cropped_now = record("subject_cropped", "P0", 0.65, 0.4, box=[330, 680, 430, 720],
+                         key="subject_cropped@330,680,430,720")
+    exposure = record("exposure_drift", "P1", -1.2, 0.25)
+    kept, gone = still_open(left_open, [cropped_now, blur, exposure])
+    assert set(kept) == {cropped_now.key, blur.key}
+    assert {d.kind for d in gone} == {"perspective_broken", "hand_malformed"}
+    assert kept[cropped_now.key].key == cropped_now.key and kept[cropped_now.key].box == cropped_now.box
+    assert kept[cropped_now.key].cause == OpenCause.no_backend  # why it is open has not changed
+    assert kept[blur.key] == left_open[blur.key]
+
+    # the triage that follows agrees: one P0/P1 less, the tilt never named again
+    result = triage([cropped_now, blur], kept, FAIL_ON, False, Budget(), Spend(passes=1))
+    assert result.stop == StopReason.stuck and result.stop_reason.startswith("stuck: 2 P0/P1")
+    # nothing left at all: nothing open, and the run is clean
+    kept, gone = still_open(left_open, [])
+    assert kept == {} and len(gone) == 4
+    assert triage([], kept, FAIL_ON, False, Budget(), Spend()).stop == StopReason.clean
+
+
+def test_rejudging_matches_by_key_first_then_by_kind_and_place():
+    a = record("hand_malformed", "P0", box=[0, 0, 100, 100])
+    b = record("hand_malformed", "P0", box=[500, 500, 600, 600])
+    left_open = {a.key: opened(a), b.key: opened(b)}
+    # the same keys, whatever the boxes are now: both still open
+    moved = [a.model_copy(update={"box": [700, 0, 800, 100]}), b]
+    assert set(still_open(left_open, moved)[0]) == {a.key, b.key}
+    # another kind at the same place is not the same defect; a far box of the same kind is not either
+    other = record("texture_blur", "P1", box=[0, 0, 100, 100])
+    far = record("hand_malformed", "P0", box=[300, 300, 350, 350])
+    kept, gone = still_open(left_open, [other, far])
+    assert kept == {} and len(gone) == 2
+    # a region defect and a whole-image finding of its kind are different defects
+    whole = record("hand_malformed", "P0", key="hand_malformed")
+    assert still_open({a.key: opened(a)}, [whole])[0] == {}
+    # one finding continues one open defect only
+    twin = record("hand_malformed", "P0", box=[10, 10, 90, 90], key="hand_malformed@10,10,90,90")
+    c = record("hand_malformed", "P0", box=[5, 5, 95, 95], key="hand_malformed@5,5,95,95+")
+    kept, gone = still_open({a.key: opened(a), c.key: opened(c)}, [twin])
+    assert list(kept) == [twin.key] and len(gone) == 1
+
+
+def test_a_flip_moves_boxes_to_their_mirror_places():
+    """After local.flip_back the loop compares findings on the flipped picture: a box moves to its
+    mirror place, so a defect found on both sides of the flip keeps its key."""
+    crop = record("subject_cropped", "P0", box=[342, 674, 437, 720])
+    whole = record("exposure_drift")
+    flipped = flip_records([crop, whole], "horizontal", (1280, 720))
+    assert flipped[0].box == [843, 674, 938, 720] and flipped[0].key == crop.key and flipped[1] == whole
+    assert flip_records([crop], "vertical", (1280, 720))[0].box == [342, 0, 437, 46]
+    assert match_keys([finding("subject_cropped", [813, 687, 891, 720])], flipped) == [crop.key]
+    defect = opened(crop)
+    assert flip_records([defect], "horizontal", (1280, 720))[0].box == [843, 674, 938, 720]
 
 
 # ---- findings: keys, records, severity ------------------------------------------------------------------
@@ -829,8 +956,14 @@ def test_the_cost_estimate_follows_the_size_actually_requested():
 
 def test_a_defect_left_open_by_the_dollar_budget_names_the_budget_as_the_stop_reason():
     blur = record("texture_blur", "P1", 0.3, 0.55, box=[100, 100, 300, 300])
-    money = OpenDefect(key=blur.key, kind=blur.kind, priority=blur.priority,
+    money = OpenDefect(key=blur.key, kind=blur.kind, priority=blur.priority, cause=OpenCause.budget_usd,
                        reason="budget: the next paid repair (about $0.2000) would pass the $0.10 budget",
                        would_fix="raise --budget-usd")
     result = triage([blur], {blur.key: money}, FAIL_ON, False, Budget(), Spend())
-    assert result.target is None and result.stop_reason == money.reason
+    assert result.target is None and result.stop == StopReason.budget_usd and result.stop_reason == money.reason
+    # the cause decides, not the words: a defect open for another cause whose sentence reads like the
+    # budget's leaves the run stuck
+    wordy = money.model_copy(update={"cause": OpenCause.resisted_ladder})
+    assert triage([blur], {blur.key: wordy}, FAIL_ON, False, Budget(), Spend()).stop == StopReason.stuck
+    unpriced = money.model_copy(update={"cause": OpenCause.unpriced, "reason": "budget: model 'x' has no price"})
+    assert triage([blur], {blur.key: unpriced}, FAIL_ON, False, Budget(), Spend()).stop == StopReason.budget_usd

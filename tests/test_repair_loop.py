@@ -24,7 +24,7 @@ from PIL import Image
 
 from fixloop.agent.example import build_example
 from fixloop.agent.runner import load_run, start_run
-from fixloop.agent.state import Budget, Outcome, RunInputs
+from fixloop.agent.state import AttemptCause, Budget, OpenCause, Outcome, RunInputs, StopReason
 from tests import defects
 from tests.conftest import photo
 from tests.openai_server import OpenAIImagesServer
@@ -60,6 +60,10 @@ def run_loop(tmp_path: Path, candidate, source=None, mask=None, backend="local",
                       budget or Budget(), db=tmp_path / "runs.sqlite")
     assert digest(tmp_path / "in") == before, "the loop wrote over an input"
     return state
+
+
+def labels(findings) -> list[str]:
+    return [f"{f.kind} ({f.priority}, {f.score:g} {f.unit})" for f in findings]
 
 
 def final_image(state) -> np.ndarray:
@@ -106,7 +110,7 @@ def test_the_shipped_example_is_repaired_light_first_then_restored(tmp_path):
     pixels composite-back restores), then composite-back; nothing P0/P1 is left."""
     example = build_example()
     state = run_loop(tmp_path, example["candidate"], example["source"], example["mask"] > 0)
-    assert state.finished and state.verdict == "pass" and state.stop_reason.startswith("clean")
+    assert state.finished and state.verdict == "pass" and state.stop == StopReason.clean
     tools = [(a.plan.tool, a.outcome) for a in state.attempts]
     assert tools == [("local.exposure_color", Outcome.accepted), ("local.composite_back", Outcome.accepted)]
     assert state.attempts[0].plan.also_fixes  # exposure and colour in one pass
@@ -119,6 +123,8 @@ def test_the_shipped_example_is_repaired_light_first_then_restored(tmp_path):
 
     RepairReport.model_validate(data)  # report.json follows its published schema's models
     assert data["verdict"] == "pass" and data["spend"]["usd"] == 0 and len(data["attempts"]) == 2
+    assert data["stop"] == "clean" and data["stop_reason"] == state.stop_reason
+    assert [a["cause"] for a in data["attempts"]] == ["accepted", "accepted"]
     assert data["attempts"][0]["findings_before"] and data["loop_overhead_seconds_per_pass"] is not None
 
 
@@ -139,7 +145,7 @@ def test_spill_is_restored_by_composite_back(tmp_path):
     image = photo("face_obama_01.jpg")
     case = defects.edit_spills_outside_mask(image, 0.15)
     state = run_loop(tmp_path, case.candidate, case.source, case.mask)
-    assert state.verdict == "pass", [f.label for f in state.findings]
+    assert state.verdict == "pass", labels(state.findings)
     assert {a.plan.target.kind for a in state.attempts} == {"mask_spill"}
     assert {a.plan.tool for a in state.attempts} == {"local.composite_back"}
     accepted = state.attempts[-1]
@@ -205,18 +211,18 @@ def test_the_seconds_budget_stops_the_run_with_the_input(tmp_path):
     example = build_example()
     state = run_loop(tmp_path, example["candidate"], example["source"], example["mask"] > 0,
                      budget=Budget(max_seconds=0.05))
-    assert state.stop_reason.startswith("budget:") and "of 0.05 s used" in state.stop_reason
+    assert state.stop == StopReason.budget_seconds and "of 0.05 s used" in state.stop_reason
     assert not state.attempts and state.verdict == "fail"
     assert np.array_equal(final_image(state), example["candidate"])
-    assert report(state)["stop_reason"] == state.stop_reason
+    assert report(state)["stop_reason"] == state.stop_reason and report(state)["stop"] == state.stop.value
 
 
 def test_a_hand_the_local_backend_cannot_repair_is_left_open_with_the_plan_that_would(tmp_path):
     state = run_loop(tmp_path, photo("gen_hand_ghost_finger_01.jpg"))
-    assert state.verdict == "fail" and state.stop_reason.startswith("stuck")
+    assert state.verdict == "fail" and state.stop == StopReason.stuck
     hands = [d for d in state.open_defects.values() if d.kind == "hand_malformed"]
     assert hands and "hands template" in hands[0].would_fix and "--backend openai" in hands[0].would_fix
-    assert hands[0].reason == "no local repair for hand_malformed"
+    assert hands[0].cause == OpenCause.no_backend and hands[0].reason == "no local repair for hand_malformed"
     assert state.spend.passes == 0
     assert "hand_malformed" in json.dumps(report(state)["open_defects"])
 
@@ -229,6 +235,7 @@ def test_an_open_structure_defect_holds_back_the_detail_repairs(tmp_path):
     hand = [d for d in state.held_back.values() if d.kind == "hand_malformed"]
     assert crop and "recompose" in crop[0].would_fix
     assert hand and "structure defect subject_cropped is still open" in hand[0].reason
+    assert hand[0].cause == OpenCause.held_back
     assert not state.attempts
 
 
@@ -293,10 +300,10 @@ def test_gpt_edit_that_drifted_outside_its_mask_is_caught_and_salvaged(tmp_path,
         assert len(server.requests) == 1, "the salvage must not pay for another call"
     first, second = state.attempts[:2]
     assert first.plan.tool == "openai" and first.outcome == Outcome.rolled_back
-    assert first.reason.startswith("spilled") and first.cost_usd > 0
+    assert first.cause == AttemptCause.spilled and first.reason.startswith("spilled") and first.cost_usd > 0
     assert second.plan.salvage and second.plan.tool == "local.composite_back"
     assert second.outcome == Outcome.accepted, second.reason
-    assert state.verdict == "pass", [f.label for f in state.findings]
+    assert state.verdict == "pass", labels(state.findings)
     # the drifted pixels are never delivered: outside the repair mask the final is the candidate
     mask = np.asarray(Image.open(Path(state.inputs.out_dir) / first.mask)) > 0
     final = final_image(state)
@@ -342,7 +349,7 @@ def test_a_cut_off_subject_is_outpainted_on_a_grown_canvas(tmp_path, openai_env,
     assert state.canvas_pad == {"top": 0, "bottom": int(extend["bottom"]), "left": 0, "right": 0}
     assert attempt.plan.prepare == "expand_canvas" and attempt.plan.template == "recompose"
     assert attempt.outcome == Outcome.accepted and any("canvas grown" in n for n in attempt.notes)
-    assert state.verdict == "pass", [f.label for f in state.findings]
+    assert state.verdict == "pass", labels(state.findings)
     final = final_image(state)
     assert final.shape == scene.shape
     assert np.array_equal(final[:h], case.candidate)  # the part that was there is kept as it was
@@ -375,12 +382,12 @@ def test_a_repair_that_makes_things_worse_is_rolled_back_and_the_budget_stops_th
                          budget=Budget(max_passes=2))
         assert len(server.requests) == 2
     assert [a.outcome for a in state.attempts] == [Outcome.rolled_back, Outcome.rolled_back]
-    assert all(a.reason.startswith("no progress") for a in state.attempts), [a.reason for a in state.attempts]
+    assert all(a.cause == AttemptCause.no_progress for a in state.attempts), [a.reason for a in state.attempts]
     first, second = state.attempts
     assert second.plan.rung == 1 and second.plan.mask_grow_px > 0 and "wider mask" in second.plan.change
-    assert state.stop_reason == "budget: 2 of 2 passes used"
+    assert state.stop == StopReason.budget_passes and state.stop_reason == "budget: 2 of 2 passes used"
     assert np.array_equal(final_image(state), case.candidate)  # nothing accepted: the input is delivered
-    assert report(state)["stop_reason"] == state.stop_reason
+    assert report(state)["stop_reason"] == state.stop_reason and report(state)["stop"] == state.stop.value
 
 
 def test_a_paid_call_that_would_pass_the_dollar_budget_is_not_made(tmp_path, openai_env):
@@ -389,7 +396,7 @@ def test_a_paid_call_that_would_pass_the_dollar_budget_is_not_made(tmp_path, ope
         state = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url,
                          budget=Budget(max_usd=0.001))
         assert server.requests == []
-    assert state.stop_reason.startswith("budget: the next paid repair")
+    assert state.stop == StopReason.budget_usd and state.stop_reason.startswith("budget: the next paid repair")
     assert state.spend.usd == 0 and not state.attempts
 
 
@@ -418,7 +425,9 @@ def test_a_model_without_a_price_is_not_called_under_a_dollar_budget(tmp_path, o
         state = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url,
                          model="my-image-model")
         assert server.requests == []
+    assert state.stop == StopReason.budget_usd
     assert state.stop_reason.startswith("budget: model 'my-image-model' has no price")
+    assert [d.cause for d in state.open_defects.values()] == [OpenCause.unpriced]
 
 
 def test_moderation_block_leaves_the_defect_open(tmp_path, openai_env):
@@ -428,8 +437,9 @@ def test_moderation_block_leaves_the_defect_open(tmp_path, openai_env):
     with OpenAIImagesServer(statuses=[moderation_error()]) as server:
         state = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url)
         assert len(server.requests) == 1  # never retried
-    assert state.attempts[0].outcome == Outcome.failed and state.attempts[0].reason.startswith("moderation")
-    assert any(d.reason.startswith("moderation") for d in state.open_defects.values())
+    assert state.attempts[0].outcome == Outcome.failed and state.attempts[0].cause == AttemptCause.moderation
+    assert state.attempts[0].reason.startswith("moderation")
+    assert any(d.cause == OpenCause.moderation for d in state.open_defects.values())
     assert state.verdict == "fail"
 
 
@@ -448,7 +458,7 @@ def test_cli_repairs_the_example_with_progress_and_exit_code(tmp_path):
                  "--out", str(tmp_path / "run"), "--json", env=env)
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["verdict"] == "pass" and data["stop_reason"].startswith("clean")
+    assert data["verdict"] == "pass" and data["stop"] == "clean" and data["stop_reason"].startswith("clean")
     for text in ("inspect: 3 finding(s)", "exposure_drift", "accepted", "final verdict pass"):
         assert text in result.stderr
     listed = cli("runs", env=env)
@@ -513,8 +523,8 @@ def test_approve_asks_before_a_paid_call(tmp_path, answer, calls):
     assert result.returncode == (0 if calls else 1), result.stderr
     data = json.loads((tmp_path / "run" / "report.json").read_text())
     if not calls:
-        assert data["attempts"][0]["outcome"] == "declined"
-        assert any("declined" in d["reason"] for d in data["open_defects"])
+        assert data["attempts"][0]["outcome"] == "declined" and data["attempts"][0]["cause"] == "declined"
+        assert any(d["cause"] == "declined" for d in data["open_defects"])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -623,8 +633,8 @@ def test_the_recursion_backstop_reports_an_unverified_attempt_and_delivers_the_l
     monkeypatch.setattr(runner, "recursion_limit", lambda passes: 4)
     example = build_example()
     state = run_loop(tmp_path, example["candidate"], example["source"], example["mask"] > 0)
-    assert state.finished and "recursion limit" in state.stop_reason
-    assert [(a.outcome, a.reason.split(":")[0]) for a in state.attempts] == [(Outcome.failed, "not verified")]
+    assert state.finished and state.stop == StopReason.recursion_limit and "recursion limit" in state.stop_reason
+    assert [(a.outcome, a.cause) for a in state.attempts] == [(Outcome.failed, AttemptCause.not_verified)]
     assert state.spend.passes == 1 and state.pending is None
     assert np.array_equal(final_image(state), example["candidate"])
     assert len(report(state)["attempts"]) == 1
@@ -675,11 +685,12 @@ def test_a_run_that_ran_out_of_budget_goes_on_when_resumed_with_more(tmp_path):
     example = build_example()
     first = run_loop(tmp_path, example["candidate"], example["source"], example["mask"] > 0,
                      budget=Budget(max_passes=1))
-    assert first.stop_reason == "budget: 1 of 1 passes used" and first.verdict == "fail"
+    assert first.stop == StopReason.budget_passes and first.stop_reason == "budget: 1 of 1 passes used"
+    assert first.verdict == "fail"
     same = resume_run(first.run_id, db=tmp_path / "runs.sqlite")
     assert same.stop_reason == first.stop_reason and len(same.attempts) == 1  # no new limits: nothing to do
     more = resume_run(first.run_id, db=tmp_path / "runs.sqlite", budget=Budget(max_passes=3))
-    assert more.finished and more.verdict == "pass" and more.stop_reason.startswith("clean")
+    assert more.finished and more.verdict == "pass" and more.stop == StopReason.clean
     assert [a.plan.tool for a in more.attempts] == ["local.exposure_color", "local.composite_back"]
     assert more.spend.passes == 2 and more.budget.max_passes == 3
     assert report(more)["verdict"] == "pass" and len(report(more)["attempts"]) == 2
