@@ -80,6 +80,15 @@ def test_check_repair_restricted_adjust_and_undo(tmp_path, spilled):
         assert chat.state().current == spilled["edit"] and "Now at the original" in original.text
         assert "nothing to undo" in chat.send("undo").text
 
+    from fixloop.agent import service
+
+    runs = service.list_runs(tmp_path / "runs.sqlite")  # the conversation's thread is no run
+    assert [r.run_id for r in runs] == chat_runs(tmp_path)
+
+
+def chat_runs(tmp_path) -> list[str]:
+    return sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
+
 
 def test_a_repair_verify_did_not_accept_is_never_called_fixed(tmp_path):
     """A softened region: the offline backend has no repair for texture_blur; the reply says what
