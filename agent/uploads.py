@@ -66,9 +66,13 @@ def sniff_image(data: bytes, role: str, max_pixels: int) -> SniffedImage:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as opened:  # reads the header only
                 fmt, (width, height) = opened.format, opened.size
-    except Image.DecompressionBombError:
-        raise TooLarge(f"{role} would decode to more pixels than this server accepts "
-                       f"({megapixels(max_pixels)} at most): downscale it") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own limit refuses it before telling its size
+        import re
+
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f" ({megapixels(int(found.group(1)))})" if found else ""
+        raise TooLarge(f"{role} would decode to a decompression bomb{size}, over this server's cap of "
+                       f"{megapixels(max_pixels)}: downscale it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise InputError(f"{role} is not an image: send a PNG, JPEG, WebP or TIFF file") from None
     if fmt not in IMAGE_FORMATS:

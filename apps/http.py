@@ -654,7 +654,12 @@ def create_app(settings: Settings | None = None):
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(body.pop("$defs", {}))
             components[model.__name__] = body
-        components["RepairReport"] = _inline_defs(RepairReport, components)
+        # the report models exactly as `fixloop schema` publishes them (FastAPI's own rendering drops
+        # null defaults), so a client generated from this document reads report.json the same way
+        for model in (Report, RepairReport):
+            body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(body.pop("$defs", {}))
+            components[model.__name__] = body
         app.openapi_schema = schema
         return schema
 
@@ -738,13 +743,6 @@ def _short_params(parameters: dict[str, Any]) -> list[tuple[str, str]]:
         text = json.dumps(value, default=str) if not isinstance(value, str) else value
         shown.append((key, text if len(text) <= 80 else text[:77] + "..."))
     return shown
-
-
-def _inline_defs(model: type[BaseModel], components: dict) -> dict:
-    body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    for name, sub in body.pop("$defs", {}).items():
-        components.setdefault(name, sub)
-    return body
 
 
 def _policy(text: str | None):
