@@ -356,7 +356,12 @@ def gate(
                                 "files and policy"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json on stdout (progress stays on stderr)"),
 ) -> None:
-    """Check many images: pass/fail per image, results.jsonl, summary.json, junit.xml and report.html in --out."""
+    """Check many images: pass/fail per image, results.jsonl, summary.json, junit.xml and report.html in --out.
+
+    Folders pair by file stem: edits/a.jpg takes sources/a.* and masks/a.*; an unpaired candidate is checked alone.
+
+    Exit codes: 0 every image passed, 1 one failed, 2 bad usage, 3 one could not be checked (3 wins).
+    """
     import json
 
     from fixloop.apps import gate as gating

@@ -441,3 +441,40 @@ def test_ray_engine_gives_the_local_rows(dataset, local_run):
     assert len(workers) == 2  # an actor pool of --jobs actors
     for worker in workers:
         assert worker["checkers"] == 1 and max(worker["model_loads"].values()) == 1, worker
+
+
+def test_a_worker_that_dies_costs_one_error_row_not_the_run(tmp_path):
+    """A decoder that brings its process down (simulated: the worker is killed mid-image) is an error
+    row for that image; a new worker checks the rest."""
+    psutil = pytest.importorskip("psutil")
+    base = small("gen_clean_01.jpg", 384)
+    lines = ["id,candidate,source"]
+    save(base, tmp_path / "src.png")
+    for i in range(5):
+        save(defects.exposure(base, -0.2 * i).candidate, tmp_path / f"cand{i}.jpg")
+        lines.append(f"r{i},cand{i}.jpg,src.png")
+    (tmp_path / "m.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "fixloop.apps.cli", "gate", "--manifest", str(tmp_path / "m.csv"),
+                            "--out", str(out), "--jobs", "1", "--json"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((out / "results.jsonl").is_file() and (out / "results.jsonl").read_text().count("\n") >= 1):
+            assert time.monotonic() < deadline and run.poll() is None
+            time.sleep(0.02)
+        workers = [p for p in psutil.Process(run.pid).children()
+                   if any("spawn_main" in part for part in p.cmdline())]
+        assert len(workers) == 1
+        workers[0].kill()  # while it checks the second image
+        stdout, stderr = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 3, stderr
+    rows = rows_of(out)
+    assert sorted(rows) == [f"r{i}" for i in range(5)]
+    died = [r for r in rows.values() if r["verdict"] == "error"]
+    assert len(died) == 1 and "worker checking this image died (killed by SIGKILL)" in died[0]["error"]
+    assert all(r["verdict"] in ("pass", "fail") for r in rows.values() if r is not died[0])
+    assert len(json.loads(stdout)["workers"]) == 2  # the replacement finished the run
