@@ -618,3 +618,13 @@ def test_a_server_killed_during_a_paid_call_picks_the_run_up_without_repeating_a
     assert [a["outcome"] for a in done["report"]["attempts"]] == ["rolled_back", "accepted"]
     texts = [e["text"] for e in done["events"]]
     assert any(t.startswith("the server restarted during the run") for t in texts) == (restart == "resumes")
+
+
+@pytest.mark.slow
+def test_the_load_bench_runs_against_a_real_server():
+    result = subprocess.run([sys.executable, "-m", "bench.http_load", "--clients", "2", "--seconds", "3",
+                             "--workers", "1", "--no-write"], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = [line for line in result.stdout.splitlines() if line.startswith("| 1 |")]
+    assert row and row[0].endswith("| 0 |"), result.stdout  # no errors
