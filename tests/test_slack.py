@@ -230,3 +230,48 @@ def test_fixloop_slack_without_tokens_is_one_line_and_exit_2(tmp_path):
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().count("\n") == 0 and "SLACK_BOT_TOKEN" in done.stderr
+
+
+def edits(server) -> list:
+    """The GPT Image edits the loopback server got (the chat parser's calls go to the same base URL,
+    get 404 there and fall back to the rules)."""
+    return [r for r in server.requests if r.path.endswith("/images/edits")]
+
+
+@pytest.mark.slow
+def test_a_paid_repair_waits_for_the_approve_button(tmp_path, monkeypatch):
+    """GPT Image backend (loopback): Repair asks first; the edit is made only after Approve."""
+    from tests.openai_server import OpenAIImagesServer
+    from tests.test_repair_loop import blurred_case, clean_fix
+
+    case = blurred_case()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-loopback")
+    with SlackServer() as server, OpenAIImagesServer(image=clean_fix(case.source)) as images:
+        monkeypatch.setenv("OPENAI_BASE_URL", images.base_url)
+        bot = FixloopBot(BotSettings(bot_token=server.token, signing_secret=SECRET, api_url=server.api_url,
+                                     backend="openai", out=tmp_path / "out", db=tmp_path / "runs.sqlite"))
+        events = EventServer(bot, port=0, host="127.0.0.1").start()
+        try:
+            thread = "1700000500.000100"
+            files = [server.host_file("soft.png", png(case.candidate)), server.host_file("before.png", png(case.source))]
+            body = event_body("Ev0005", thread, f"<@{BOT_USER}> what do you think?", files)
+            assert post(events.url, body, "application/json", sign(body))[0] == 200
+            checked = server.wait_for(lambda: [t for t in server.messages(CHANNEL, thread) if "Verdict" in t])[0]
+            assert "texture_blur" in checked and "I took before.png as the original" in checked
+
+            clicked = click("repair", thread, "1700000600.000100")
+            assert post(events.url, clicked, "application/x-www-form-urlencoded", sign(clicked))[0] == 200
+            asked = server.wait_for(lambda: [c for c in server.calls_of("chat.postMessage", thread_ts=thread)
+                                             if "Approve?" in c.args.get("text", "")])[0]
+            buttons = [e["action_id"] for b in asked.args["blocks"] if b["type"] == "actions" for e in b["elements"]]
+            assert buttons == ["approve", "cancel"] and edits(images) == []
+
+            clicked = click("approve", thread, "1700000700.000100")
+            assert post(events.url, clicked, "application/x-www-form-urlencoded", sign(clicked))[0] == 200
+            server.wait_for(lambda: [u for u in server.thread_uploads(CHANNEL, thread) if u.title == "repaired image"])
+            assert len(edits(images)) == 1
+            done = [t for t in server.messages(CHANNEL, thread) if "Approved" in t][0]
+            assert "Repaired, and verified by the checks: texture_blur" in done
+        finally:
+            events.stop()
+            bot.stop()
