@@ -15,6 +15,7 @@ import numpy as np
 
 from fixloop.agent.files import RunFiles
 from fixloop.agent.state import RunInputs
+from fixloop.checks.context import same_aspect
 from fixloop.checks.images import DecodedImage, decoded_from_array, load_image, load_mask, to_uint8
 from fixloop.checks.policy import Policy, load_policy
 
@@ -87,7 +88,7 @@ class RunContext:
         h, w = image.shape[0] - top - bottom, image.shape[1] - left - right
         source = to_uint8(self.source.pixels)
         sh, sw = source.shape[:2]
-        if h <= 0 or w <= 0 or abs((w / h) / (sw / sh) - 1) > 0.03:
+        if h <= 0 or w <= 0 or not same_aspect((w, h), (sw, sh)):
             return None
         if (sh, sw) != (h, w):
             source = cv2.resize(source, (w, h), interpolation=cv2.INTER_AREA if sw > w else cv2.INTER_CUBIC)
@@ -110,12 +111,12 @@ class RunContext:
         if pad and any(pad.values()):
             top, bottom, left, right = (int(pad.get(k, 0)) for k in ("top", "bottom", "left", "right"))
             inner = (h - top - bottom, w - left - right)
-            if inner[0] > 0 and inner[1] > 0 and abs((inner[1] / inner[0]) / (mw / mh) - 1) <= 0.03:
+            if inner[0] > 0 and inner[1] > 0 and same_aspect((inner[1], inner[0]), (mw, mh)):
                 frame = self.edit_mask if (mh, mw) == inner else cv2.resize(
                     self.edit_mask.astype(np.uint8), inner[::-1], interpolation=cv2.INTER_NEAREST) > 0
                 # the new strips were generated: they count as edited
                 return np.pad(frame, ((top, bottom), (left, right)), constant_values=True)
-        if abs((w / h) / (mw / mh) - 1) > 0.03:
+        if not same_aspect((w, h), (mw, mh)):
             return None
         return cv2.resize(self.edit_mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
 

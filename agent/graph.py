@@ -39,15 +39,13 @@ from langgraph.types import interrupt
 
 from fixloop.agent.context import RunContext
 from fixloop.agent.findings import flip_records, plain_data, record_findings, shift_records, still_open
-from fixloop.agent.planner import PlanContext, plan_repair
+from fixloop.agent.planner import PlanContext, find_fallback, plan_repair
 from fixloop.agent.state import (Attempt, AttemptCause, MaskSource, OpenCause, OpenDefect, Outcome, RunState,
                                  Spend, StopReason)
 from fixloop.agent.triage import restrict, triage as choose_next
 from fixloop.agent.verify import judge, outside_change
 from fixloop.checks.images import InputError
-from fixloop.tools.base import load_tool
-
-GENERATIVE_TOOLS = ("openai", "diffusers")
+from fixloop.tools.base import backend_for_tool, load_tool
 
 
 def _spend(state: RunState, started: float, **extra: float) -> Spend:
@@ -116,10 +114,10 @@ def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
         backend=state.inputs.backend, settings=settings, image_size=(image.shape[1], image.shape[0]),
         has_source=ctx.source is not None, has_mask=ctx.mask_for(image, state.canvas_pad) is not None,
         references=list(state.inputs.references), source=state.inputs.source,
-        model=state.inputs.model or (settings.openai_model if state.inputs.backend == "openai" else None) or None,
+        model=state.inputs.model or None,
         base_url=state.inputs.base_url, seed=state.inputs.seed,
         spent_usd=state.spend.usd, max_usd=state.budget.max_usd, paid_costs=paid,
-        diffusers_fallback=_diffusers_fallback(settings) if state.inputs.backend == "openai" else None)
+        fallback=find_fallback(state.inputs.backend, settings.backends))
     decision = plan_repair(state.target, state.findings, state.attempts, plan_ctx)
     update: dict[str, Any] = {"plan": decision.plan, "approved": None}
     if decision.open:
@@ -129,17 +127,6 @@ def plan(state: RunState, runtime: Runtime[RunContext]) -> dict:
         ctx.tell("plan", plan=decision.plan, attempt=state.spend.passes + 1)
     update["spend"] = _spend(state, started)
     return update
-
-
-def _diffusers_fallback(settings) -> str | None:
-    """The diffusion checkpoint a GPT Image run may switch to, when one is configured and diffusers is installed."""
-    import importlib.util
-    import os
-
-    model = settings.diffusers_model or os.environ.get("FIXLOOP_DIFFUSION_MODEL")
-    if not model or importlib.util.find_spec("diffusers") is None:
-        return None
-    return model
 
 
 def approve(state: RunState, runtime: Runtime[RunContext]) -> dict:
@@ -304,7 +291,7 @@ def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
             ctx.tell("verdict", attempt=attempt)
             return {**update, "attempts": [attempt], "spend": _spend(state, started)}
         spill = None
-        if attempt.plan.tool in GENERATIVE_TOOLS and attempt.plan.prepare is None:
+        if backend_for_tool(attempt.plan.tool) is not None and attempt.plan.prepare is None:
             # a generative repair may change any pixel: what it did outside its mask is measured, and a
             # measure that cannot run is not read as "nothing changed" (see agent.verify)
             mask = ctx.files.mask(attempt.mask) if attempt.mask is not None else None

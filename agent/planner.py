@@ -10,10 +10,13 @@ forever.
   composite-back, a flip, a defringe. They are free and change no content.
 - Generative rungs use the run's backend: a GPT Image edit (``openai``) or a diffusion inpaint
   (``diffusers``), with the defect's repair template rendered into the prompt. Seed, size and
-  sampler stay locked for the run; the parameters start inside the failure library's ranges. With
-  the GPT Image backend and a diffusion checkpoint configured (policy ``diffusers_model`` or
-  ``FIXLOOP_DIFFUSION_MODEL``), a region repair that GPT Image could not do switches backend to a
-  diffusion inpaint on the same mask, which keeps every pixel outside it.
+  sampler stay locked for the run; the parameters start inside the failure library's ranges. What a
+  backend can do (raise a denoise strength, take a control map, keep the pixels outside its mask)
+  and what a call costs come from its registry entry (:func:`fixloop.tools.base.load_backend`), its
+  settings from the policy's ``[repair.backends.NAME]`` table. With a backend that treats the mask
+  as a hint (GPT Image) and another one ready that keeps every pixel outside it (a diffusion
+  checkpoint configured), a region repair the first could not do switches to the second on the
+  same mask.
 - **Salvage**: a generative attempt that verify rejected because it changed pixels outside its mask
   (GPT Image treats the mask as a hint) is not paid for twice. The next attempt composites that
   output back inside its mask over the image it started from, so the repaired region is kept and
@@ -36,14 +39,9 @@ from fixloop.agent.state import (Attempt, AttemptCause, FindingRecord, MaskSourc
                                  RepairPlan)
 from fixloop.checks.policy import RepairSettings
 
-GENERATIVE = "generative"  # placeholder tool of a rung: the run's backend (openai or diffusers)
-SWITCH_TO_DIFFUSERS = "switch:diffusers"  # a rung that leaves GPT Image for a diffusion inpaint
+GENERATIVE = "generative"  # placeholder tool of a rung: the run's backend
+SWITCH_BACKEND = "switch:fallback"  # a rung that leaves a mask-as-hint backend for one that keeps unmasked pixels
 LIGHT_KINDS = ("exposure_drift", "color_temperature_drift")
-
-# gpt-image-1's published output tokens for a 1024x1024 image by quality, used (scaled by area) to
-# estimate a call before any has been made; after the first paid call the dearest one so far counts.
-OUTPUT_TOKENS_1024 = {"low": 272, "medium": 1056, "high": 4160, "auto": 4160}
-INPUT_IMAGE_TOKENS = 1500  # rough image-input tokens of one edit request (image + mask)
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ class Rung:
     mask: MaskSource = MaskSource.none
     grow: int = 0  # steps of ``wider_mask`` the mask grows by
     parameters: dict[str, Any] = field(default_factory=dict)
-    needs: tuple[str, ...] = ()  # "source", "mask", "no_source", "controlnet", "diffusers"
+    needs: tuple[str, ...] = ()  # "source", "mask", "no_source", "control" (a control model set), "strength", "fallback"
     prepare: str | None = None
     strength: str = "low"  # diffusion denoise: "low" end of the template's range, or "mid"
     control: bool = False  # diffusion: add the template's control map
@@ -83,7 +81,35 @@ class PlanContext:
     spent_usd: float = 0.0
     max_usd: float = 0.0
     paid_costs: list[float] = field(default_factory=list)
-    diffusers_fallback: str | None = None  # with the openai backend: a diffusion checkpoint to switch to
+    fallback: tuple[str, str] | None = None  # (backend, model) to switch to on a mask-as-hint backend
+
+    def spec(self, backend: str | None = None):
+        """The registry entry of ``backend`` (default: the run's)."""
+        from fixloop.tools.base import load_backend
+
+        return load_backend(backend or self.backend)
+
+    def setting(self, key: str, backend: str | None = None) -> str:
+        """One of a backend's settings: the policy's value, else the backend's declared default."""
+        name = backend or self.backend
+        return self.spec(name).settings_from(self.settings.backends.get(name)).get(key, "")
+
+
+def find_fallback(backend: str, backend_settings: dict[str, dict[str, Any]]) -> tuple[str, str] | None:
+    """For a backend that treats its mask as a hint: another backend, ready now, whose tool keeps
+    every pixel outside the mask (its model from the policy or its environment variable)."""
+    from fixloop.tools.base import all_backends, load_backend
+
+    if load_backend(backend).keeps_unmasked:
+        return None
+    for spec in all_backends():
+        if spec.name == backend or spec.tool is None or not spec.keeps_unmasked:
+            continue
+        named = spec.settings_from(backend_settings.get(spec.name)).get("model") or None
+        model = spec.resolve_model(named) if (named or spec.model_env) else None
+        if model and spec.is_ready(model):
+            return spec.name, model
+    return None
 
 
 @dataclass
@@ -99,28 +125,30 @@ class Decision:
 
 def _generative(kind: str, backend: str) -> list[Rung]:
     """The generative rungs of a defect; each changes one variable from the rung before it."""
+    from fixloop.tools.base import load_backend
+
     masked = MaskSource.finding
     if kind == "subject_cropped":
         does = "grow the canvas where the subject is cut and outpaint the new area"
         return [Rung(GENERATIVE, does, does, prepare="expand_canvas"),
                 Rung(GENERATIVE, does, "denoise to the middle of its range", prepare="expand_canvas",
-                     strength="mid", needs=("diffusers",))]
+                     strength="mid", needs=("strength",))]
     if kind in ("perspective_broken", "mirrored"):
         does = "redraw the whole image under the template's structure rules"
         return [Rung(GENERATIVE, does, does),
-                Rung(GENERATIVE, does, "add a control map of the structure", control=True, needs=("controlnet",)),
-                Rung(GENERATIVE, does, "denoise to the middle of its range", strength="mid", needs=("diffusers",))]
-    if backend == "diffusers":
+                Rung(GENERATIVE, does, "add a control map of the structure", control=True, needs=("control",)),
+                Rung(GENERATIVE, does, "denoise to the middle of its range", strength="mid", needs=("strength",))]
+    if load_backend(backend).strength:
         does = "inpaint the finding's mask at the low end of the template's denoise range"
         return [Rung(GENERATIVE, does, does, masked),
                 Rung(GENERATIVE, does, "denoise to the middle of its range", masked, strength="mid"),
-                Rung(GENERATIVE, does, "add a control map", masked, strength="mid", control=True, needs=("controlnet",)),
+                Rung(GENERATIVE, does, "add a control map", masked, strength="mid", control=True, needs=("control",)),
                 Rung(GENERATIVE, does, "wider mask", masked, grow=1, strength="mid")]
     does = "the template as a GPT Image edit on the finding's mask"
     return [Rung(GENERATIVE, does, does, masked),
             Rung(GENERATIVE, does, "wider mask", masked, grow=1),
-            Rung(SWITCH_TO_DIFFUSERS, does, "switch backend: a diffusion inpaint on the same mask keeps every "
-                 "pixel outside it", masked, grow=1, needs=("diffusers_fallback",)),
+            Rung(SWITCH_BACKEND, does, "switch backend: a diffusion inpaint on the same mask keeps every "
+                 "pixel outside it", masked, grow=1, needs=("fallback",)),
             Rung(GENERATIVE, does, "wider mask again", masked, grow=2)]
 
 
@@ -160,20 +188,21 @@ def _template_has_control(kind: str) -> bool:
 
 
 def _usable(rung: Rung, ctx: PlanContext) -> bool:
-    if rung.tool == GENERATIVE and ctx.backend == "local":
-        return False
-    if "diffusers_fallback" in rung.needs and not (ctx.backend == "openai" and ctx.diffusers_fallback):
+    spec = ctx.spec()
+    if rung.tool == GENERATIVE and spec.tool is None:
         return False
     for need in rung.needs:
+        if need == "fallback" and (spec.keeps_unmasked or not ctx.fallback):
+            return False
         if need == "source" and not ctx.has_source:
             return False
         if need == "no_source" and ctx.has_source:
             return False
         if need == "mask" and not ctx.has_mask:
             return False
-        if need == "controlnet" and not (ctx.backend == "diffusers" and ctx.settings.diffusers_controlnet):
+        if need == "control" and not (spec.control and ctx.setting("controlnet")):
             return False
-        if need == "diffusers" and ctx.backend != "diffusers":
+        if need == "strength" and not spec.strength:
             return False
     return True
 
@@ -197,20 +226,16 @@ def usable_ladder(kind: str, ctx: PlanContext) -> list[Rung]:
 # ---- cost ---------------------------------------------------------------------------------------
 
 
-def estimate_usd(ctx: PlanContext, quality: str) -> float | None:
-    """Estimated dollars of the next GPT Image call (the dearest call so far, once there is one);
-    None when the model has no price (its calls cannot be kept within a dollar budget)."""
-    from fixloop.tools.openai_images import DEFAULT_MODEL, choose_size, load_prices, price_for
-
-    model = ctx.model or DEFAULT_MODEL
-    price = price_for(model, load_prices())
-    if price is None:
+def estimate_usd(ctx: PlanContext, quality: str, backend: str | None = None) -> float | None:
+    """Estimated dollars of the next paid call: the backend's own estimate at the size actually
+    requested, then (once a paid call was made) the dearest call so far. None when the model has no
+    price (its calls cannot be kept within a dollar budget)."""
+    spec = ctx.spec(backend)
+    model = ctx.model or ctx.setting("model", spec.name) or None
+    estimate = spec.estimate_usd(model, ctx.image_size, quality)
+    if estimate is None:
         return None
-    if ctx.paid_costs:
-        return max(ctx.paid_costs)
-    w, h = choose_size(*ctx.image_size, model)  # the size actually requested, not the input's
-    output = OUTPUT_TOKENS_1024.get(quality, 4160) * max(1.0, w * h / 1024**2)
-    return (output * price.image_output + INPUT_IMAGE_TOKENS * price.image_input) / 1e6
+    return max(ctx.paid_costs) if ctx.paid_costs else estimate
 
 
 # ---- the plan -----------------------------------------------------------------------------------
@@ -268,7 +293,7 @@ def plan_repair(target: FindingRecord, findings: Sequence[FindingRecord], histor
         plan.also_fixes = others  # one pass corrects both exposure and white balance
         if "no_source" in rung.needs:
             plan.parameters["ev"] = -float(target.evidence.get("ev_change", target.score))
-    if rung.tool in (GENERATIVE, SWITCH_TO_DIFFUSERS):
+    if rung.tool in (GENERATIVE, SWITCH_BACKEND):
         return _generative_plan(plan, rung, target, ctx)
     return Decision(plan=plan)
 
@@ -318,21 +343,23 @@ def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: P
                                         cause=OpenCause.template_unfillable, box=target.box,
                                         reason=f"the {target.template} template cannot be filled from the finding: {exc}",
                                         would_fix=would_fix(target.kind, target.template)))
-    backend = "diffusers" if rung.tool == SWITCH_TO_DIFFUSERS else ctx.backend
-    plan.tool = backend
+    switched = rung.tool == SWITCH_BACKEND
+    backend = ctx.fallback[0] if switched else ctx.backend
+    spec = ctx.spec(backend)
+    plan.tool = spec.tool
     plan.references = list(ctx.references)
     if target.kind == "identity_drift" and not plan.references and ctx.source:
         plan.references = [ctx.source]  # the face before the edit is the identity reference
-    if backend == "openai":
-        plan.paid = True
+    plan.paid = spec.paid
+    if spec.prompt_style == "gpt_image":
         plan.prompt = rendered.gpt_image_prompt
-        quality = ctx.settings.openai_quality
+        quality = ctx.setting("quality", backend) or "high"
         plan.parameters.update({"quality": quality})
         if ctx.model:
             plan.parameters["model"] = ctx.model
         if ctx.base_url:
             plan.parameters["base_url"] = ctx.base_url
-        estimate = estimate_usd(ctx, quality)
+        estimate = estimate_usd(ctx, quality, backend) if spec.paid else 0.0
         if estimate is None:
             return _over_budget(plan, OpenCause.unpriced,
                                 f"budget: model {ctx.model!r} has no price in the price table, so its calls "
@@ -343,7 +370,7 @@ def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: P
                                 f"budget: the next paid repair (about ${plan.estimated_usd:.4f}) would pass "
                                       f"the ${ctx.max_usd:.2f} budget (${ctx.spent_usd:.4f} spent)")
         return Decision(plan=plan)
-    # diffusers: the template's starting parameters, denoise at the low end or the middle of its range
+    # a diffusion backend: the template's starting parameters, denoise at the low end or the middle of its range
     plan.prompt, plan.negative_prompt = rendered.positive, rendered.negative
     start = rendered.diffusion
     low, high = start["strength_range"]
@@ -352,8 +379,8 @@ def _generative_plan(plan: RepairPlan, rung: Rung, target: FindingRecord, ctx: P
     if rung.control:
         control = _control_option(start)
         if control is not None:
-            params.update(control=control[0], control_scale=control[1], controlnet=ctx.settings.diffusers_controlnet)
-    model = ctx.diffusers_fallback if backend != ctx.backend else (ctx.model or ctx.settings.diffusers_model)
+            params.update(control=control[0], control_scale=control[1], controlnet=ctx.setting("controlnet", backend))
+    model = ctx.fallback[1] if switched else (ctx.model or ctx.setting("model", backend))
     if model:
         params["model"] = model
     plan.parameters.update(params)

@@ -412,14 +412,63 @@ def backend_ready(backend: str, model: str | None, policy: "Policy") -> None:
     except KeyError:
         raise InputError(f"--backend {backend!r}: use one of {', '.join(backend_names())}") from None
     try:
-        spec.ready(model or policy_model(backend, policy))
+        spec.ready(model or backend_settings(policy, backend).get("model") or None)
     except RepairError as exc:
         raise InputError(str(exc)) from None
 
 
-def policy_model(backend: str, policy: "Policy") -> str | None:
-    """The model the policy names for ``backend`` ('' = the backend's own default)."""
-    return getattr(policy.repair, f"{backend}_model", "") or None
+def backend_settings(policy: "Policy", backend: str) -> dict[str, str]:
+    """A backend's settings: the policy's ``[repair.backends.NAME]`` laid over the backend's defaults.
+    Every table the policy names is validated (unknown backend or key: one line, with the closest)."""
+    from fixloop.tools.base import RepairError, backend_names, load_backend
+
+    chosen: dict[str, str] = {}
+    for name in [*policy.repair.backends, *([] if backend in policy.repair.backends else [backend])]:
+        if name == backend and name not in policy.repair.backends and name not in backend_names():
+            raise InputError(f"--backend {backend!r}: use one of {', '.join(backend_names())}")
+        try:
+            spec = load_backend(name)
+        except KeyError:
+            raise InputError(f"policy [repair.backends.{name}]: no such backend; use one of "
+                             f"{', '.join(backend_names())}") from None
+        try:
+            settings = spec.settings_from(policy.repair.backends.get(name))
+        except RepairError as exc:
+            raise InputError(f"policy [repair.backends.{name}]: {exc}") from None
+        if name == backend:
+            chosen = settings
+    return chosen
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """A backend as a user picks it: what it is, whether it can run here, what it reads."""
+
+    name: str
+    description: str
+    paid: bool
+    ready: str  # "ready", or the one line that says what is missing
+    env: dict[str, str]  # environment variable -> what it is for
+    settings: dict[str, str]  # policy key -> what it is (default)
+
+
+def backends(policy: PolicyInput = None) -> list[BackendInfo]:
+    """Every backend from the registry, with its readiness under ``policy``."""
+    from fixloop.tools.base import RepairError, all_backends
+
+    loaded = resolve_policy(policy)
+    found = []
+    for spec in all_backends():
+        try:
+            spec.ready(backend_settings(loaded, spec.name).get("model") or None)
+            ready = "ready"
+        except RepairError as exc:
+            ready = str(exc)
+        found.append(BackendInfo(
+            name=spec.name, description=spec.description, paid=spec.paid, ready=ready,
+            env={e.name: e.description for e in spec.env},
+            settings={s.name: f"{s.description} (default: {s.default!r})" for s in spec.settings}))
+    return found
 
 
 @dataclass
@@ -510,7 +559,7 @@ def start_repair(order: RepairOrder, progress: Progress | None = None, approver:
     from fixloop.agent.state import RunInputs
 
     loaded = resolve_policy(order.policy)
-    backend_ready(order.backend, order.model, loaded)
+    backend_ready(order.backend, order.model, loaded)  # also validates every [repair.backends.*] table
     budget = _budget(loaded, order.max_passes, order.max_usd, order.max_seconds)
     run_id = order.run_id or new_run_id()
     given = [v for v in (order.image, order.source, order.mask, order.policy, *order.references)

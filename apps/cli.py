@@ -231,6 +231,41 @@ def list_templates() -> None:
             console.print(wrapped(wants, 8))
 
 
+@app.command("backends")
+def list_backends(
+    policy: Optional[Path] = typer.Option(None, "--policy", "-p", help="TOML policy whose backend settings to use"),
+) -> None:
+    """List the repair backends: whether each can run here, what it reads, its policy settings."""
+    import textwrap
+
+    from rich.console import Console
+    from rich.markup import escape
+
+    from fixloop.agent import service
+    from fixloop.checks.images import InputError
+
+    try:
+        found = service.backends(policy)
+    except InputError as exc:
+        _fail_input(str(exc))
+    console = Console(highlight=False)
+    width = max(40, min(console.width, 100))
+
+    def wrapped(text: str, indent: int) -> str:
+        return escape(textwrap.fill(text, width, initial_indent=" " * indent, subsequent_indent=" " * indent))
+
+    for info in found:
+        state = "[green]ready[/green]" if info.ready == "ready" else "[yellow]not ready[/yellow]"
+        console.print(f"[bold]{info.name}[/bold]  {'paid' if info.paid else 'free'} · {state}")
+        console.print(wrapped(info.description, 2))
+        if info.ready != "ready":
+            console.print(wrapped(info.ready, 2))
+        for name, wants in info.env.items():
+            console.print(wrapped(f"${name}: {wants}", 4))
+        for name, wants in info.settings.items():
+            console.print(wrapped(f"[repair.backends.{info.name}] {name}: {wants}", 4))
+
+
 # ---- repair: the loop -------------------------------------------------------------------------------
 
 
@@ -240,7 +275,8 @@ def repair(
     source: Optional[Path] = typer.Option(None, "--source", "-s", help="the image before the broken edit"),
     mask: Optional[Path] = typer.Option(None, "--mask", "-m", help="edit mask: white = where the edit was allowed"),
     reference: List[Path] = typer.Option([], "--reference", "-r", help="identity / style reference (repeatable)"),
-    backend: str = typer.Option("local", "--backend", "-b", help="local (offline, free), openai (GPT Image) or diffusers"),
+    backend: str = typer.Option("local", "--backend", "-b", help="local (offline, free), openai (GPT Image), diffusers, "
+                                "...: fixloop backends lists them"),
     model: Optional[str] = typer.Option(None, "--model", help="GPT Image model, or the diffusers inpainting checkpoint"),
     budget_passes: Optional[int] = typer.Option(None, "--budget-passes", min=0, help="repair attempts at most (policy default 8)"),
     budget_usd: Optional[float] = typer.Option(None, "--budget-usd", min=0.0, help="US dollars at most (policy default 2.00)"),

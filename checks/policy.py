@@ -45,10 +45,9 @@ class RepairSettings(BaseModel):
     polish: bool = Field(description="also repair P2 findings once no P0/P1 is left")
     seed: int = Field(ge=0, description="seed locked for every generative attempt of a run")
     wider_mask: float = Field(gt=0, le=0.2, description="share of the image diagonal a mask grows on the wider-mask rung")
-    openai_model: str = Field(description="GPT Image model; '' = the tool's default")
-    openai_quality: str = Field(pattern="^(low|medium|high|auto)$", description="quality of loop repairs")
-    diffusers_model: str = Field(description="inpainting checkpoint (folder or hub id); '' = FIXLOOP_DIFFUSION_MODEL")
-    diffusers_controlnet: str = Field(description="ControlNet for the control-map rung; '' = none (that rung is skipped)")
+    backends: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="per backend ([repair.backends.NAME]): its settings (model, quality, "
+        "controlnet, ...), laid over the defaults its module declares; the agent validates them")
 
 
 class Policy(BaseModel):

@@ -370,7 +370,7 @@ def test_ladders_by_backend():
         assert {r.tool for r in usable_ladder("exposure_drift", backend)} == {"local.exposure_color"}
     # the control-map rung only with a ControlNet configured
     assert not any(r.control for r in usable_ladder("perspective_broken", diffusers))
-    with_control = context("diffusers", settings=SETTINGS.model_copy(update={"diffusers_controlnet": "cn/depth"}))
+    with_control = context("diffusers", settings=SETTINGS.model_copy(update={"backends": {"diffusers": {"controlnet": "cn/depth"}}}))
     assert any(r.control for r in usable_ladder("perspective_broken", with_control))
 
 
@@ -383,7 +383,7 @@ def _from_ladder(rung, kind: str, backend: str) -> bool:
 
 @pytest.mark.parametrize("cap", [1, 2, 5])
 def test_ladders_are_capped_by_max_attempts_per_defect(cap):
-    settings = SETTINGS.model_copy(update={"max_attempts_per_defect": cap, "diffusers_controlnet": "cn"})
+    settings = SETTINGS.model_copy(update={"max_attempts_per_defect": cap, "backends": {"diffusers": {"controlnet": "cn"}}})
     uncapped = settings.model_copy(update={"max_attempts_per_defect": 10})
     bites = 0
     for backend in ("local", "openai", "diffusers"):
@@ -529,7 +529,7 @@ def test_verify_reason_feeds_the_salvage():
 @pytest.mark.parametrize("kind,evidence", [("hand_malformed", HAND_EVIDENCE), ("identity_drift", {}),
                                           ("texture_blur", {}), ("perspective_broken", {})])
 def test_diffusers_parameters_inside_the_template_range_with_the_seed_locked(kind, evidence):
-    settings = SETTINGS.model_copy(update={"diffusers_controlnet": "some/controlnet"})
+    settings = SETTINGS.model_copy(update={"backends": {"diffusers": {"controlnet": "some/controlnet"}}})
     target = record(kind, "P0", 3.0, box=None if kind == "perspective_broken" else [100, 100, 300, 300],
                     evidence=evidence)
     start = load_template(target.template).diffusion
@@ -567,8 +567,8 @@ def test_paid_call_estimate_and_budget_stop():
     assert estimate > 0
     plan = plan_repair(target, [target], [], ctx).plan
     assert plan.paid and plan.tool == "openai" and plan.prompt
-    assert plan.parameters["quality"] == SETTINGS.openai_quality
-    assert plan.estimated_usd == pytest.approx(round(estimate_usd(ctx, SETTINGS.openai_quality), 4))
+    assert plan.parameters["quality"] == ctx.setting("quality") == "high"
+    assert plan.estimated_usd == pytest.approx(round(estimate_usd(ctx, "high"), 4))
 
     # bigger images cost more; after a paid call the dearest call so far is the estimate
     big = PlanContext(backend="openai", settings=SETTINGS, image_size=(3000, 2400), has_source=True, has_mask=True)
@@ -610,7 +610,7 @@ LADDER_CASES = [(kind, backend, controlnet, cap)
                 for cap in (3, 5)
                 if backend == "diffusers" or controlnet == ""]
 def _ladder_plans(kind, backend, controlnet, cap):
-    settings = SETTINGS.model_copy(update={"diffusers_controlnet": controlnet, "max_attempts_per_defect": cap})
+    settings = SETTINGS.model_copy(update={"backends": {"diffusers": {"controlnet": controlnet}}, "max_attempts_per_defect": cap})
     evidence = HAND_EVIDENCE if kind == "hand_malformed" else {}
     box = None if kind in ("mirrored", "perspective_broken", "subject_cropped", "exposure_drift") else [100, 100, 300, 300]
     target = record(kind, "P0", 3.0, box=box, evidence=evidence)

@@ -587,7 +587,7 @@ def test_diffusers_control_map_rung_uses_the_configured_controlnet(tmp_path):
 
     models = build_tiny_models(tmp_path / "models")
     policy = tmp_path / "policy.toml"
-    policy.write_text(f'[repair]\ndiffusers_controlnet = "{models.controlnet}"\n')
+    policy.write_text(f'[repair.backends.diffusers]\ncontrolnet = "{models.controlnet}"\n')
     case = blurred_case()
     state = run_loop(tmp_path, case.candidate, case.source, backend="diffusers", model=str(models.base),
                      policy=str(policy), budget=Budget(max_passes=3))
@@ -609,7 +609,7 @@ def test_gpt_image_that_cannot_repair_a_region_switches_to_diffusion_inpaint(tmp
 
     models = build_tiny_models(tmp_path / "models")
     policy = tmp_path / "policy.toml"
-    policy.write_text(f'[repair]\ndiffusers_model = "{models.inpaint}"\n')
+    policy.write_text(f'[repair.backends.diffusers]\nmodel = "{models.inpaint}"\n')
     case = blurred_case()
     with OpenAIImagesServer(image=blurrier) as server:
         state = run_loop(tmp_path, case.candidate, case.source, backend="openai", base_url=server.base_url,

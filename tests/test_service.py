@@ -146,3 +146,34 @@ def test_a_slot_without_a_template_is_refused(tmp_path):
     result = subprocess.run([*FIXLOOP, "fix", image, "--tool", "local.exposure_color", "--slot", "hand=x"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "pass --template" in result.stderr
+
+
+@pytest.mark.parametrize("policy_text, message", [
+    ('[repair.backends.opnai]\nmodel = "x"\n', "[repair.backends.opnai]: no such backend"),
+    ('[repair.backends.openai]\nqualty = "low"\n', "did you mean 'quality'"),
+])
+def test_backend_settings_in_the_policy_are_validated_in_one_line(tmp_path, policy_text, message):
+    policy = tmp_path / "policy.toml"
+    policy.write_text(policy_text)
+    with pytest.raises(InputError) as error:
+        service.backend_ready("local", None, service.resolve_policy(policy))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_backends_come_from_the_registry_with_their_settings(tmp_path, monkeypatch):
+    from fixloop.agent.planner import PlanContext
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    found = {b.name: b for b in service.backends()}
+    assert set(found) == {"local", "openai", "diffusers"}
+    assert found["local"].ready == "ready" and not found["local"].paid
+    assert found["openai"].paid and "OPENAI_API_KEY" in found["openai"].ready and "OPENAI_API_KEY" in found["openai"].env
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[repair.backends.openai]\nquality = "low"\n')
+    settings = service.resolve_policy(policy).repair
+    ctx = PlanContext(backend="openai", settings=settings, image_size=(1024, 1024), has_source=True, has_mask=True)
+    assert ctx.setting("quality") == "low" and ctx.setting("model") == ""
+    assert ctx.spec().estimate_usd(None, (1024, 1024), "low") < ctx.spec().estimate_usd(None, (1024, 1024), "high")
+    listed = subprocess.run([*FIXLOOP, "backends"], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"})
+    assert listed.returncode == 0 and "local" in listed.stdout and "[repair.backends.openai] quality" in listed.stdout

@@ -108,8 +108,11 @@ def _param(parameters: dict[str, Any], name: str, default: Any, kind: type) -> A
         raise RepairError(f"parameter {name}={value!r} is not a valid {kind.__name__}") from None
 
 
-def _same_aspect(a: tuple[int, ...], b: tuple[int, ...], tolerance: float = 0.03) -> bool:
-    return abs((a[1] / a[0]) / (b[1] / b[0]) - 1.0) <= tolerance
+def _same_aspect(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
+    """Two array shapes (H, W, ...) framed alike, by the checks' one aspect tolerance."""
+    from fixloop.checks.context import same_aspect
+
+    return same_aspect((a[1], a[0]), (b[1], b[0]))
 
 
 def _result(tool: str, image: np.ndarray, started: float, mask: np.ndarray | None = None,
