@@ -27,11 +27,11 @@ import operator
 import os
 import sqlite3
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Literal
 import secrets
+from typing import Annotated, Any, Callable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -76,7 +76,6 @@ FREE_REPAIRS: dict[str, tuple[str, ...]] = {
     "exposure_drift": ("source",), "color_temperature_drift": ("source",), "mask_spill": ("source", "mask"),
     "mirrored": (), "edge_halo": (),
 }
-SLIGHT_MIRED, SLIGHT_EV = 10.0, 0.25
 
 
 # ---- state ----------------------------------------------------------------------------------------

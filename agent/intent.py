@@ -26,6 +26,8 @@ equal whichever engine read it. The conventions both follow:
 
 from __future__ import annotations
 
+import difflib
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -168,9 +170,6 @@ class Request(BaseModel):
 # A message is normalised (lower case, apostrophes dropped, common typos mended against the words the
 # rules use), split into clauses at punctuation and at "and / but / then / except", and each clause is
 # read on its own, so that a negation ("but keep her face") protects only what its own clause names.
-
-import difflib
-import re
 
 # Words the rules look for: an unknown word within edit distance of one of these is taken for it.
 VOCABULARY = sorted(set("""
@@ -382,7 +381,7 @@ def _read_clause(clause: str, reading: _Reading) -> None:
         reading.light = LightChange(ev=reading.light.ev + light.ev, mired=reading.light.mired + light.mired,
                                     kelvin=light.kelvin or reading.light.kelvin)
     if not ordered:  # light words in a complaint are defects
-        if re.search(rf"\b(exposure|darkened|underexposed|overexposed)\b", clause) or (
+        if re.search(r"\b(exposure|darkened|underexposed|overexposed)\b", clause) or (
                 COMPLAINT.search(clause) and re.search(rf"\b{EXPOSURE_WORDS}\b", clause)):
             defects.append("exposure_drift")
         if re.search(r"\b(white balance|colou?r cast|cast|colou?rs?|tint)\b", clause) or (
@@ -423,8 +422,6 @@ def parse_rules(text: str) -> Request:
     free_only = bool(FREE_ONLY.search(norm))
     if (max_usd is not None or free_only) and "status" not in reading.actions:
         reading.actions.append("set_budget")
-    if "status" in reading.actions:
-        max_usd = None if max_usd is None else max_usd
 
     image_role = None
     if LOOKS_LIKE.search(norm):
