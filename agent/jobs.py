@@ -415,7 +415,9 @@ class JobManager:
         if not working and job.status in (JobStatus.waiting_approval, JobStatus.interrupted):
             self.store.update(job_id, status=JobStatus.queued)
             self._enqueue(job_id, lambda: cancel_run(job_id, self.db, self._progress(job_id)))
-        self._tell(job_id, "cancel", "cancel requested: the run stops at its next step")
+        self._tell(job_id, "cancel", "cancel requested: the run stops at its next step" if working or
+                   job.status != JobStatus.waiting_approval else "cancel requested: the paused run is finished "
+                   "with the image so far")
         return self.store.get(job_id)
 
     # -- workers

@@ -398,9 +398,9 @@ class Server:
 
     def job_for_page(self, run_id: str, authorization: str | None, token: str | None) -> Job:
         """A run's page: a Bearer key that owns it, or the run's own token (401 with neither, 404 otherwise)."""
-        if authorization:
-            return self.job_for(run_id, self.owner(authorization))
         if not token:
+            if authorization:
+                return self.job_for(run_id, self.owner(authorization))
             raise ApiError(401, "open the page from the run's link (it carries a token) or send Authorization: Bearer KEY",
                            {"WWW-Authenticate": "Bearer"})
         job = self.store.get(run_id)
@@ -430,7 +430,8 @@ def create_app(settings: Settings | None = None):
         finally:
             server.stop()
 
-    app = FastAPI(title="fixloop", version="1", lifespan=lifespan,
+    # no /docs or /redoc: FastAPI's pages load Swagger UI from a CDN, and many deployments have no internet
+    app = FastAPI(title="fixloop", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Catch and repair broken image edits: checks, repair runs and their review pages.")
     app.state.server = server
     app.mount("/static", StaticFiles(directory=WEB / "static"), name="static")
@@ -730,7 +731,10 @@ def _page(server: Server, job: Job, links: Links) -> dict[str, Any]:
     open_defects = [*state.open_defects.values(), *state.held_back.values()] if state is not None else []
     question = service.waiting_for_approval(job.id, server.settings.db) if job.status == JobStatus.waiting_approval else None
     token = job.token
-    return {"job": job, "status": job.status.value, "summary": job.summary, "state": state, "links": links,
+    from fixloop.agent.jobs import summary_of
+
+    summary = summary_of(state) if state is not None else job.summary
+    return {"job": job, "status": job.status.value, "summary": summary, "state": state, "links": links,
             "question": question, "regions": regions, "attempts": attempts, "open_defects": open_defects,
             "final_findings": state.findings if state is not None else [], "events": events, "size": size,
             "file": lambda which: f"/runs/{job.id}/files/{which}?token={token}", "token": token,
@@ -827,16 +831,18 @@ def _submit(server: Server, owner: str, form: RepairForm, sniffed: dict[str, lis
 def _status(server: Server, job: Job, links: Links, after: int = 0) -> RepairStatus:
     from fixloop.agent import service
 
+    from fixloop.agent.jobs import summary_of
+
     question = report = None
-    state = server.jobs.state(job.id) if job.status in (JobStatus.waiting_approval, JobStatus.done,
-                                                          JobStatus.cancelled) else None
+    state = None if job.status in (JobStatus.queued, JobStatus.failed) else server.jobs.state(job.id)
+    summary = summary_of(state) if state is not None else job.summary  # live while the run goes on
     if job.status == JobStatus.waiting_approval:
         question = service.waiting_for_approval(job.id, server.settings.db)
     if state is not None and state.finished:
         found = service.run_report(state)
         report = None if found is None else found.model_dump(mode="json")
     return RepairStatus(
-        id=job.id, status=job.status, created=job.created, updated=job.updated, summary=RunSummary(**job.summary),
+        id=job.id, status=job.status, created=job.created, updated=job.updated, summary=RunSummary(**summary),
         question=question, error=job.error,
         resume_command=resume_command(job.id) if job.status == JobStatus.interrupted else None,
         events=[EventLine(**vars(e)) for e in server.store.events(job.id, after)], report=report, links=links)

@@ -291,8 +291,14 @@ def test_bad_images_are_400_with_one_line_and_nothing_is_kept(client, darkened, 
     spool = tmp_path / "tmp"
     spool.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    spooled = []  # an upload spooled to an (unlinked, invisible) temporary file would show here
+    real_temporary_file = tempfile.TemporaryFile
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *a, **k: spooled.append(a) or real_temporary_file(*a, **k))
     other_size = png(np.full((200, 300), 255, dtype=np.uint8))
+    large = png(np.random.default_rng(2).integers(0, 255, (800, 800, 3), dtype=np.uint8))  # ~1.9 MB
+    assert len(large) > 1024 * 1024  # past Starlette's 1 MB spool: this one is kept in memory too
     cases = [
+        (files(candidate=large, mask=other_size), "mask is 300x200"),
         (files(candidate=candidate[: len(candidate) // 2]), "candidate 'upload' could not be decoded"),
         (files(candidate=b"<html>not an image</html>"), "candidate is not an image"),
         (files(candidate=candidate, source=source, mask=other_size), "mask is 300x200"),
@@ -308,7 +314,7 @@ def test_bad_images_are_400_with_one_line_and_nothing_is_kept(client, darkened, 
     assert response.status_code == 415
     runs = tmp_path / "home" / "http-runs"
     assert not runs.exists() or list(runs.iterdir()) == []
-    assert list(spool.iterdir()) == []
+    assert list(spool.iterdir()) == [] and spooled == []
     assert client.get("/v1/repairs", headers=A).json() == []
 
 
