@@ -247,11 +247,7 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
 
     name = f"attempts/{index:02d}-{plan.tool}.png"
     attempt.image = ctx.files.save_image(result.image, name)
-    # the mask where the tool changed pixels (an exposure pass changes every pixel; its mask only
-    # says where it measured, so it is not kept)
-    used_mask = None if plan.tool == "local.exposure_color" else (result.mask if result.mask is not None else mask)
-    if used_mask is not None and used_mask.shape == result.image.shape[:2]:
-        attempt.mask = ctx.files.save_mask(used_mask, f"attempts/{index:02d}-mask.png")
+    attempt.mask = _changed_mask(plan, before, result, mask, ctx, index)
     if result.control is not None:
         attempt.control = ctx.files.save_image(result.control, f"attempts/{index:02d}-control.png")
     attempt.tool_parameters = plain_data(result.parameters)
@@ -260,6 +256,32 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
     attempt.notes.extend(result.notes)
     return {"pending": attempt,
             "spend": _spend(state, started, passes=1, usd=cost, tool_seconds=tool_seconds)}
+
+
+def _changed_mask(plan, image: np.ndarray, result, mask: np.ndarray | None, ctx: RunContext,
+                  index: int) -> str | None:
+    """Where the attempt may have changed pixels, saved for the report and the review sheet.
+
+    A generative tool: the mask it was given (verify measures what it did outside it). A local tool:
+    the pixels it did change (composite-back changes what lies *outside* its edit mask, a salvage
+    what lies inside); none for a pass that changes every pixel by design (exposure/colour)."""
+    if backend_for_tool(plan.tool) is not None:
+        used = result.mask if result.mask is not None else mask
+    elif plan.tool == "local.exposure_color" or result.image.shape != image.shape:
+        used = result.mask if result.image.shape != image.shape else None
+    else:
+        used = np.any(result.image != image, axis=2)
+        if not used.any():
+            used = None
+        else:  # a region, not speckle: pixels that happened to come back equal (clipped black) fill in
+            import cv2
+
+            side = max(3, int(round(0.015 * float(np.hypot(*used.shape)))) | 1)
+            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+            used = cv2.morphologyEx(used.astype(np.uint8), cv2.MORPH_CLOSE, kernel) > 0
+    if used is None or used.shape != result.image.shape[:2]:
+        return None
+    return ctx.files.save_mask(used, f"attempts/{index:02d}-mask.png")
 
 
 def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
