@@ -275,7 +275,13 @@ def _money(state: ConversationState) -> str:
 
 
 def _paid_backend(backend: str) -> bool:
-    return backend == "openai"
+    """A backend whose calls cost money (its registry entry says so)."""
+    from fixloop.tools.base import load_backend
+
+    try:
+        return load_backend(backend).paid
+    except KeyError:
+        return False
 
 
 def check_sheet(image_path: str, findings: list[FindingNote], verdict: str, target: Path,
@@ -413,7 +419,7 @@ def check(state: ConversationState, runtime) -> dict:
         other = [f.kind for f in must if f.kind not in free]
         if free:
             lines.append(f"I can repair for free: {', '.join(dict.fromkeys(free))}.")
-        if other and state.backend == "local":
+        if other and not _generative(state.backend):
             lines.append(f"{', '.join(dict.fromkeys(other))} need(s) a generative backend (openai or diffusers); "
                          "the offline one cannot redraw them.")
         elif other:
@@ -811,6 +817,16 @@ def build_graph():
 
 
 # ---- the conversation as front ends use it ---------------------------------------------------------
+
+
+def _generative(backend: str) -> bool:
+    """A backend that can redraw a region (its registry entry names a generative tool)."""
+    from fixloop.tools.base import load_backend
+
+    try:
+        return load_backend(backend).tool is not None
+    except KeyError:
+        return False
 
 
 def new_conversation_id(prefix: str = "chat") -> str:
