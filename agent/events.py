@@ -27,7 +27,7 @@ class ProgressLine:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-def _text(value: Any) -> str:
+def as_text(value: Any) -> str:
     """A stop reason or cause as text, whether it is a string or a typed value with a message."""
     if value is None:
         return ""
@@ -92,12 +92,12 @@ def _repair(plan, attempt) -> list[ProgressLine]:
 def _verdict(attempt) -> list[ProgressLine]:
     outcome = attempt.outcome.value if attempt.outcome is not None else "unknown"
     spend = f" · {attempt.seconds:.2f} s" + (f" · ${attempt.cost_usd:.4f}" if attempt.cost_usd else "")
-    return [ProgressLine("verdict", f"  {MARK.get(outcome, outcome)}: {_text(attempt.reason)}{spend}",
+    return [ProgressLine("verdict", f"  {MARK.get(outcome, outcome)}: {as_text(attempt.reason)}{spend}",
                          {"attempt": attempt.index, "outcome": outcome, "cost_usd": attempt.cost_usd})]
 
 
 def _open(defect) -> list[ProgressLine]:
-    return [ProgressLine("open", f"  ○ left open: {defect.kind} ({defect.priority}): {_text(defect.reason)}; "
+    return [ProgressLine("open", f"  ○ left open: {defect.kind} ({defect.priority}): {as_text(defect.reason)}; "
                                  f"would fix: {defect.would_fix}", {"key": defect.key, "kind": defect.kind})]
 
 
@@ -107,9 +107,9 @@ def _closed(defects) -> list[ProgressLine]:
 
 
 def _finish(state) -> list[ProgressLine]:
-    return [ProgressLine("finish", f"done: {_text(state.stop_reason)} · final verdict {state.verdict} · "
+    return [ProgressLine("finish", f"done: {as_text(state.stop_reason)} · final verdict {state.verdict} · "
                                    f"{state.spend.passes} pass(es) · ${state.spend.usd:.4f} · {state.spend.seconds:.1f} s",
-                         {"verdict": state.verdict, "stop_reason": _text(state.stop_reason),
+                         {"verdict": state.verdict, "stop_reason": as_text(state.stop_reason),
                           "passes": state.spend.passes, "usd": state.spend.usd})]
 
 

@@ -39,7 +39,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from fixloop.agent.events import ProgressLine, _text, describe
+from fixloop.agent.events import ProgressLine, as_text, describe
 from fixloop.checks.images import InputError
 
 if TYPE_CHECKING:
@@ -265,14 +265,14 @@ def _cancelled_stop():
 
 def is_cancelled(state: "RunState") -> bool:
     stop = getattr(state, "stop", None)
-    return _text(stop) == "cancelled" or _text(state.stop_reason).startswith("cancelled")
+    return as_text(stop) == "cancelled" or as_text(state.stop_reason).startswith("cancelled")
 
 
 # ---- the manager --------------------------------------------------------------------------------
 
 
 def summary_of(state: "RunState") -> dict[str, Any]:
-    return {"verdict": state.verdict, "stop_reason": _text(state.stop_reason) or None,
+    return {"verdict": state.verdict, "stop_reason": as_text(state.stop_reason) or None,
             "passes": state.spend.passes, "usd": round(state.spend.usd, 6), "seconds": round(state.spend.seconds, 3),
             "backend": state.inputs.backend}
 
