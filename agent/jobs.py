@@ -268,6 +268,32 @@ def is_cancelled(state: "RunState") -> bool:
     return as_text(stop) == "cancelled" or as_text(state.stop_reason).startswith("cancelled")
 
 
+# ---- one manager per store ------------------------------------------------------------------------
+
+_CLAIMS: dict[str, Any] = {}
+_CLAIMS_LOCK = threading.Lock()
+
+
+def claim_store(db: str | Path) -> None:
+    """Hold the store for this process (an advisory lock beside the file, released when the process
+    ends, however it ends): two servers on one store would both pick up the same interrupted runs."""
+    import fcntl
+
+    path = Path(db).resolve()
+    with _CLAIMS_LOCK:
+        if str(path) in _CLAIMS:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path.with_name(path.name + ".jobs.lock"), "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise InputError(f"another process runs the jobs of {path}: stop it, or set FIXLOOP_HOME to "
+                             "another folder") from None
+        _CLAIMS[str(path)] = handle
+
+
 # ---- the manager --------------------------------------------------------------------------------
 
 
@@ -312,6 +338,7 @@ class JobManager:
 
     def start(self) -> None:
         """Start the workers and take up what the last process left (see the module docstring)."""
+        claim_store(self.db)
         for i in range(self.workers):
             thread = threading.Thread(target=self._work, name=f"fixloop-run-{i + 1}", daemon=True)
             thread.start()

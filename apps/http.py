@@ -929,6 +929,9 @@ def serve(host: str | None = None, port: int | None = None, workers: int | None 
 
     settings = Settings.from_env(host=host, port=port, workers=workers, api_key_file=key_file)
     settings.keys()  # no keys: one line, before anything starts
+    from fixloop.agent.jobs import claim_store
+
+    claim_store(settings.db)  # another server on this FIXLOOP_HOME: one line too
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, proxy_headers=False,
                 timeout_graceful_shutdown=5)

@@ -193,6 +193,15 @@ def test_no_keys_no_server(tmp_path, monkeypatch):
     assert result.returncode == 2 and result.stderr.strip().startswith("fixloop: no API keys"), result.stderr
 
 
+def test_one_server_per_store(tmp_path, client):
+    """The app of the ``client`` fixture holds tmp_path/home; another process cannot start on it."""
+    env = {**os.environ, "FIXLOOP_HOME": str(tmp_path / "home"), "FIXLOOP_API_KEYS": KEY_A}
+    result = subprocess.run([*FIXLOOP, "serve", "--port", str(free_port())], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith("fixloop: another process runs the jobs of"), result.stderr
+
+
 def test_keys_come_from_the_environment_and_a_key_file(tmp_path, monkeypatch):
     from fixloop.apps.http import Settings
 
