@@ -4,7 +4,8 @@
 A GPT Image run (loopback server, real openai client) pauses before its paid call; the page opened
 from the run's link shows the question, the before/after slider, the finding regions and their
 toggles; clicking Approve carries the run on, and the page follows it to done with the attempt in its
-timeline. The screenshot of that page is kept as docs/review-page.png.
+timeline. The screenshot of that page is docs/review-page.png (written there with
+FIXLOOP_UPDATE_DOCS=1, else into the test's temporary folder).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def paused(http, case) -> dict:
     return body
 
 
-def test_approve_on_the_page_carries_the_run_on_and_the_slider_moves(live, browser):
+def test_approve_on_the_page_carries_the_run_on_and_the_slider_moves(live, browser, tmp_path):
     server, http, images, case = live
     run = paused(http, case)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -118,8 +119,9 @@ def test_approve_on_the_page_carries_the_run_on_and_the_slider_moves(live, brows
     attempt.locator("summary").click()  # fold the picture again for the screenshot
     page.locator("#slider").fill("55")
     page.evaluate("document.fonts.ready")
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=str(DOCS / "review-page.png"), full_page=True)
+    target = DOCS / "review-page.png" if os.environ.get("FIXLOOP_UPDATE_DOCS") == "1" else tmp_path / "review-page.png"
+    page.screenshot(path=str(target), full_page=True)
+    assert target.stat().st_size > 10_000
     page.close()
 
 
