@@ -55,11 +55,15 @@ def darkened():
     return png(source), png(defects.exposure(source, -0.8).candidate)
 
 
-@pytest.fixture(scope="module")
-def example():
+def example_parts() -> dict[str, bytes]:
     """The shipped example (512 px): spill + darker + warmer, repaired offline in two passes."""
     case = build_example()
     return {"candidate": png(case["candidate"]), "source": png(case["source"]), "mask": png(case["mask"])}
+
+
+@pytest.fixture(scope="module")
+def example():
+    return example_parts()
 
 
 def blurred_case(size: int = 512):

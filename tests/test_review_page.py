@@ -4,7 +4,7 @@
 A GPT Image run (loopback server, real openai client) pauses before its paid call; the page opened
 from the run's link shows the question, the before/after slider, the finding regions and their
 toggles; clicking Approve carries the run on, and the page follows it to done with the attempt in its
-timeline. The screenshot of that page is docs/review-page.png (written there with
+timeline. The page of a finished offline run is docs/review-page.png (written there with
 FIXLOOP_UPDATE_DOCS=1, else into the test's temporary folder).
 """
 
@@ -118,6 +118,25 @@ def test_approve_on_the_page_carries_the_run_on_and_the_slider_moves(live, brows
 
     attempt.locator("summary").click()  # fold the picture again for the screenshot
     page.locator("#slider").fill("55")
+    page.close()
+
+
+def test_a_finished_local_run_shows_every_pass_and_region(live, browser, tmp_path):
+    """The shipped example (spill + darker + warmer) repaired offline in two passes: the page of the
+    finished run, as docs/review-page.png shows it."""
+    from tests.test_http import example_parts
+
+    server, http, images, case = live
+    response = http.post("/v1/repairs", headers=A, files=files(**example_parts()))
+    done = wait_status(http, response.json()["id"], SETTLED)
+    assert done["status"] == "done" and done["summary"]["verdict"] == "pass", done
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(done["links"]["page"])
+    assert page.locator("#timeline li.attempt.outcome-accepted").count() == 2
+    assert page.locator(".region.P0").count() == 1  # mask_spill, drawn in P0 red; the light drifts have no box
+    assert [t.strip() for t in page.locator(".toggle .state-fixed").all_inner_texts()] == ["fixed"] * 3
+    assert page.locator("#open-defects").count() == 0
+    page.locator("#slider").fill("50")
     page.evaluate("document.fonts.ready")
     target = DOCS / "review-page.png" if os.environ.get("FIXLOOP_UPDATE_DOCS") == "1" else tmp_path / "review-page.png"
     page.screenshot(path=str(target), full_page=True)
