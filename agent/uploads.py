@@ -70,8 +70,8 @@ def sniff_image(data: bytes, role: str, max_pixels: int) -> SniffedImage:
         import re
 
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f" ({megapixels(int(found.group(1)))})" if found else ""
-        raise TooLarge(f"{role} would decode to a decompression bomb{size}, over this server's cap of "
+        size = f" {megapixels(int(found.group(1)))}" if found else ""
+        raise TooLarge(f"{role} would decode to{size or ' too many pixels'}, over this server's cap of "
                        f"{megapixels(max_pixels)}: downscale it") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise InputError(f"{role} is not an image: send a PNG, JPEG, WebP or TIFF file") from None

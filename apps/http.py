@@ -38,6 +38,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from pydantic import BaseModel, ConfigDict, Field
 
 from fixloop.agent.jobs import SETTLED, Job, JobConflict, JobManager, JobStatus, JobStore, resume_command
+from fixloop.agent.state import RepairReport
 from fixloop.checks.images import InputError
 
 log = logging.getLogger("fixloop.http")
@@ -202,7 +203,7 @@ class RepairStatus(BaseModel):
     error: str | None = Field(None, description="why the run failed or was interrupted")
     resume_command: str | None = Field(None, description="how to resume an interrupted run from a shell")
     events: list[EventLine] = Field(default_factory=list, description="the progress lines so far")
-    report: Any = Field(None, description="report.json of the run once it is done (RepairReport)")
+    report: RepairReport | None = Field(None, description="report.json of the run once it has finished")
     links: Links
 
 
@@ -417,7 +418,6 @@ def create_app(settings: Settings | None = None):
 
     from fixloop.agent.uploads import TooLarge
     from fixloop.checks.report import Report
-    from fixloop.agent.state import RepairReport
 
     settings = settings or Settings.from_env()
     server = Server(settings)
@@ -839,8 +839,7 @@ def _status(server: Server, job: Job, links: Links, after: int = 0) -> RepairSta
     if job.status == JobStatus.waiting_approval:
         question = service.waiting_for_approval(job.id, server.settings.db)
     if state is not None and state.finished:
-        found = service.run_report(state)
-        report = None if found is None else found.model_dump(mode="json")
+        report = service.run_report(state)
     return RepairStatus(
         id=job.id, status=job.status, created=job.created, updated=job.updated, summary=RunSummary(**summary),
         question=question, error=job.error,
