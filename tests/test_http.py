@@ -30,7 +30,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fixloop.agent import service
 from fixloop.agent.example import build_example
 from tests import defects
 from tests.conftest import photo
