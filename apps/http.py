@@ -66,6 +66,8 @@ class Settings(BaseModel):
     max_request_bytes: int = Field(100 * MiB, ge=1024, description="bytes per request, all parts together")
     max_pixels: int = Field(40_000_000, ge=64 * 64, description="decoded pixels per image (from its header)")
     max_references: int = Field(8, ge=0, le=64, description="reference (and history) images per request")
+    max_analysis_side: int = Field(2048, ge=64, le=16384,
+                                   description="the longest side a client's policy may have the checks measure at")
     max_budget_passes: int = Field(20, ge=0, le=100, description="the most repair passes a client may ask for")
     max_budget_usd: float = Field(5.0, ge=0, description="the most US dollars a client may ask for per run")
     max_budget_seconds: float = Field(3600.0, gt=0, description="the most wall seconds a client may ask for")
@@ -509,7 +511,7 @@ def create_app(settings: Settings | None = None):
         if uploads.file("candidate") is None:
             raise ApiError(400, "candidate is missing: send the edited image as the 'candidate' file part")
         sniffed = sniff_all(uploads, settings, ["candidate", "source", "mask", "reference", "history"])
-        policy = _policy(uploads.text("policy"))
+        policy = _policy(uploads.text("policy"), settings)
         one = lambda role: sniffed[role][0].data if sniffed[role] else None  # noqa: E731
 
         def run():
@@ -749,10 +751,18 @@ def _short_params(parameters: dict[str, Any]) -> list[tuple[str, str]]:
     return shown
 
 
-def _policy(text: str | None):
+def _policy(text: str | None, settings: Settings):
+    """A client's policy laid over the defaults; it may not make the checks measure at more pixels than
+    the server allows (its byte and pixel caps are not in the policy at all)."""
     from fixloop.agent.uploads import policy_from_text
 
-    return None if text is None or not text.strip() else policy_from_text(text)
+    if text is None or not text.strip():
+        return None
+    policy = policy_from_text(text)
+    if policy.analysis.max_side > settings.max_analysis_side:
+        raise ApiError(400, f"policy: analysis.max_side {policy.analysis.max_side} is over this server's limit of "
+                            f"{settings.max_analysis_side}: ask for less")
+    return policy
 
 
 def _repair_form(uploads: Uploads) -> RepairForm:
@@ -780,7 +790,7 @@ def _submit(server: Server, owner: str, form: RepairForm, sniffed: dict[str, lis
     from fixloop.checks.report import atomic_path
 
     settings = server.settings
-    policy = _policy(policy_text) or service.resolve_policy(None)
+    policy = _policy(policy_text, settings) or service.resolve_policy(None)
     if form.model is not None and (form.backend != "openai" or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", form.model)):
         raise ApiError(400, "model names a GPT Image model (backend openai); the diffusion checkpoint is the server's "
                             "(FIXLOOP_DIFFUSION_MODEL): leave model out")
