@@ -408,10 +408,10 @@ class GateChecker:
         """The result row of one item; never raises for a bad image."""
         from fixloop.agent import service
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         row: dict[str, Any] = {"id": item.id, "candidate": item.candidate, "source": item.source, "mask": item.mask,
                                "references": list(item.references), "verdict": "error", "findings": [],
-                               "candidate_size": None, "seconds": 0.0, "error": None,
+                               "candidate_size": None, "seconds": 0.0, "cpu_seconds": 0.0, "error": None,
                                "key": input_key(item, self.digest)}
         self.images += 1
         try:
@@ -428,6 +428,7 @@ class GateChecker:
         except Exception as exc:  # noqa: BLE001 - one image must never end the run; the row says what broke
             row["error"] = _one_line(f"could not check this image ({type(exc).__name__}: {exc})")
         row["seconds"] = round(time.perf_counter() - started, 4)
+        row["cpu_seconds"] = round(time.process_time() - cpu_started, 4)  # every thread of the worker
         return row
 
 
@@ -435,7 +436,7 @@ def error_row(item: GateItem, message: str, key: str | None = None) -> dict[str,
     """The row of an item whose worker died (the driver writes it; no check ran)."""
     return {"id": item.id, "candidate": item.candidate, "source": item.source, "mask": item.mask,
             "references": list(item.references), "verdict": "error", "findings": [], "candidate_size": None,
-            "seconds": 0.0, "error": _one_line(message), "key": key}
+            "seconds": 0.0, "cpu_seconds": 0.0, "error": _one_line(message), "key": key}
 
 
 def _one_line(text: str, limit: int = 500) -> str:

@@ -15,7 +15,7 @@
 3. **Side by side.** The same candidates through CleanVision 0.3.7 (``Imagelab.find_issues``), if it
    is installed (``pip install 'fixloop[bench]'``): images/s and which injected defects each flagged.
 
-Writes everything to bench/results/gate_speed.json.
+Writes everything to bench/results/gate_speed.json (or ``--results PATH``).
 """
 
 from __future__ import annotations
@@ -147,7 +147,10 @@ def speed(manifest: Path, work: Path, repeats: int, with_ray: bool) -> dict:
             "seconds_to_first_row": round(statistics.median(s["seconds_to_first_row"] or 0 for s in summaries), 3),
             "process_seconds": [s["process_seconds"] for s in summaries],
             "median_seconds_per_pair_in_worker": round(statistics.median(
-                r["seconds"] for r in rows_of(Path(summaries[-1]["out"])).values()), 3),
+                r["seconds"] for s in summaries for r in rows_of(Path(s["out"])).values()), 3),
+            # CPU time (all threads of the worker) per pair: what contention on a shared machine does not inflate
+            "median_cpu_seconds_per_pair": round(statistics.median(
+                r.get("cpu_seconds") or 0 for s in summaries for r in rows_of(Path(s["out"])).values()), 3),
         }
     result = {"medians": medians}
     for kind in ("whole", "steady"):
@@ -157,7 +160,8 @@ def speed(manifest: Path, work: Path, repeats: int, with_ray: bool) -> dict:
             result[f"ray_over_local_{kind}"] = round(medians["ray-2"][f"pairs_per_second_{kind}"] / two, 3) if two else None
     if "ray-2" in medians:
         local_rows, ray_rows = (rows_of(Path(runs[k][-1]["out"])) for k in ("local-2", "ray-2"))
-        strip = lambda rows: {k: {f: v for f, v in r.items() if f != "seconds"} for k, r in rows.items()}  # noqa: E731
+        strip = lambda rows: {k: {f: v for f, v in r.items() if f not in ("seconds", "cpu_seconds")}  # noqa: E731
+                              for k, r in rows.items()}
         result["ray_rows_equal_local_rows"] = strip(local_rows) == strip(ray_rows)
     result["last_local_2"] = runs["local-2"][-1]
     return result
@@ -230,6 +234,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=0, help="a second, larger memory run, e.g. 10000 (0: skip)")
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--no-cleanvision", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where to write the figures (JSON)")
     args = parser.parse_args()
 
     import importlib.util
@@ -261,10 +266,14 @@ def main() -> None:
     report["bench_seconds"] = round(time.perf_counter() - started, 1)
 
     medians = report["speed"]["medians"]
-    print("\nsetting        pairs/s whole  pairs/s steady  first row s  s/pair in worker")
+    print("\nsetting        pairs/s whole  pairs/s steady  first row s  s/pair in worker  CPU s/pair")
     for key, m in medians.items():
         print(f"{key:14s} {m['pairs_per_second_whole']:13.2f} {m['pairs_per_second_steady']:15.2f} "
-              f"{m['seconds_to_first_row']:12.1f} {m['median_seconds_per_pair_in_worker']:17.3f}")
+              f"{m['seconds_to_first_row']:12.1f} {m['median_seconds_per_pair_in_worker']:17.3f} "
+              f"{m['median_cpu_seconds_per_pair']:11.3f}")
+    load = report["machine"]
+    print(f"load average (1 min) at start {load['load_average_at_start'][0]:.1f}, at end "
+          f"{load['load_average_at_end'][0]:.1f} on {load['cores']} cores")
     s = report["speed"]
     print(f"jobs 2 / jobs 1: {s['jobs2_over_jobs1_whole']}x whole, {s['jobs2_over_jobs1_steady']}x steady")
     if "ray_over_local_whole" in s:
@@ -278,9 +287,9 @@ def main() -> None:
                   f"CleanVision flagged {entry['cleanvision_flagged']}/{entry['images']}")
     else:
         print(f"CleanVision: {cv['why']}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {RESULTS.relative_to(REPO)} ({report['bench_seconds']:.0f} s)")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.results} ({report['bench_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":
