@@ -84,7 +84,9 @@ def sniff_image(data: bytes, role: str, max_pixels: int) -> SniffedImage:
 
 
 # Policy keys that name files on the machine that runs the checks: a remote client may not set them.
-PATH_KEYS = {"diffusers_model", "diffusers_controlnet", "insightface_model"}
+# Every backend setting ([repair.backends.NAME]: checkpoints, ControlNets, models) is the server's.
+PATH_KEYS = {"insightface_model"}
+SERVER_TABLES = ("repair.backends.",)
 
 
 def _path_keys(table: dict, where: str = "") -> list[str]:
@@ -92,7 +94,7 @@ def _path_keys(table: dict, where: str = "") -> list[str]:
     for key, value in table.items():
         if isinstance(value, dict):
             found += _path_keys(value, f"{where}{key}.")
-        elif key in PATH_KEYS and value not in ("", None):
+        elif (key in PATH_KEYS or f"{where}{key}".startswith(SERVER_TABLES)) and value not in ("", None):
             found.append(f"{where}{key}")
     return found
 

@@ -252,7 +252,7 @@ def test_a_policy_sent_as_text_is_laid_over_the_defaults(client, darkened):
     for policy, message in [("[checks.exposure_drift\n", "policy is not valid TOML"),
                             ("[checks.exposure_drif]\nev_threshold = 1\n", "did you mean 'exposure_drift'"),
                             ("[checks.exposure_drift]\nev_threshold = -1\n", "checks.exposure_drift.ev_threshold"),
-                            ('[repair]\ndiffusers_model = "/etc"\n', "names a file on the server"),
+                            ('[repair.backends.diffusers]\nmodel = "/etc"\n', "names a file on the server"),
                             ("[analysis]\nmax_side = 16384\n", "max_side 16384 is over this server's limit of 2048")]:
         response = client.post("/v1/checks", files=files(candidate=candidate), data={"policy": policy}, headers=A)
         assert response.status_code == 400 and message in one_line(response), response.text
