@@ -47,19 +47,25 @@ class CheckFailed(Exception):
 # ---- inputs -------------------------------------------------------------------------------------
 
 
-def decode_image(value: ImageInput, role: str = "image") -> DecodedImage:
-    """A path, the bytes of an image file, an H x W x 3/4 array or an already decoded image."""
-    from fixloop.checks.images import decoded_from_array, load_image, load_image_bytes
+def decode_image(value: ImageInput, role: str = "image", max_pixels: int | None = None) -> DecodedImage:
+    """A path, the bytes of an image file, an H x W x 3/4 array or an already decoded image; one whose
+    shape no command handles (a side under MIN_SIDE px, an aspect beyond MAX_ASPECT) is refused, a mask
+    excepted (its size is checked against the image's)."""
+    from fixloop.checks.images import check_shape, decoded_from_array, load_image, load_image_bytes
 
     if isinstance(value, DecodedImage):
-        return value
-    if isinstance(value, (str, Path)):
-        return load_image(value, role)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return load_image_bytes(bytes(value), role)
-    if isinstance(value, np.ndarray):
-        return decoded_from_array(value)
-    raise InputError(f"{role} must be a file path, image bytes or an array, not {type(value).__name__}")
+        decoded = value
+    elif isinstance(value, (str, Path)):
+        decoded = load_image(value, role, max_pixels=max_pixels)
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        decoded = load_image_bytes(bytes(value), role, max_pixels=max_pixels)
+    elif isinstance(value, np.ndarray):
+        decoded = decoded_from_array(value)
+    else:
+        raise InputError(f"{role} must be a file path, image bytes or an array, not {type(value).__name__}")
+    if role != "mask":
+        check_shape(decoded.size, f"{role} {_label(value)!r}" if _label(value) else role)
+    return decoded
 
 
 def decode_mask(value: ImageInput) -> np.ndarray:
@@ -105,13 +111,14 @@ def check(candidate: ImageInput, source: ImageInput | None = None, mask: ImageIn
 
     started = time.perf_counter()
     loaded = resolve_policy(policy)
-    decoded = decode_image(candidate, "candidate")
+    cap = loaded.analysis.max_pixels
+    decoded = decode_image(candidate, "candidate", cap)
     ctx = CheckContext.build(
         decoded,
-        None if source is None else decode_image(source, "source"),
+        None if source is None else decode_image(source, "source", cap),
         None if mask is None else decode_mask(mask),
-        [decode_image(r, "reference") for r in references],
-        [decode_image(h, "history image") for h in history],
+        [decode_image(r, "reference", cap) for r in references],
+        [decode_image(h, "history image", cap) for h in history],
         max_side=loaded.analysis.max_side,
         mask_name="mask" if _label(mask) is None else f"mask {_label(mask)!r}",
     )
@@ -122,11 +129,37 @@ def check(candidate: ImageInput, source: ImageInput | None = None, mask: ImageIn
         raise _unknown_name(exc) from None
 
 
+def check_report_folder(out: str | Path) -> None:
+    """``--out`` of ``fixloop check`` can take ``report.json`` and finding masks: checked before any
+    work (not a file, writable, no folder where ``report.json`` goes)."""
+    folder = Path(out)
+    _writable_folder(folder, "--out")
+    if (folder / "report.json").is_dir():
+        raise InputError(f"--out {str(out)!r} holds a folder named report.json: choose another --out folder")
+
+
 def write_check_report(report: "Report", out: str | Path, protected: Sequence[str | Path | None] = ()) -> Path:
-    """``report.json`` and one PNG mask per finding region in ``out``, atomically, never over an input."""
+    """``report.json`` and one PNG mask per finding region in ``out``, atomically, never over an input;
+    on a failure every file (and folder) this call created is removed again."""
+    folder = Path(out)
+    created = _created_by_us(folder.resolve())
+    before = set(folder.iterdir()) if folder.is_dir() else set()
     try:
+        check_report_folder(folder)
+        for index, finding in enumerate(report.findings):  # a mask's name taken by a folder
+            if finding.mask is not None and (folder / f"finding-{index:02d}-{finding.kind}.png").is_dir():
+                raise InputError(f"--out {str(out)!r} holds a folder named finding-{index:02d}-{finding.kind}.png: "
+                                 "choose another --out folder")
         return report.write(out, protected=[p for p in protected if p is not None])
-    except OSError as exc:
+    except (OSError, InputError) as exc:
+        if created:
+            _remove_created(created)
+        elif folder.is_dir():
+            for path in set(folder.iterdir()) - before:
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+        if isinstance(exc, InputError):
+            raise
         raise InputError(f"could not write to {str(out)!r} ({exc.strerror}): choose a writable --out folder") from None
 
 
@@ -190,6 +223,12 @@ def fix_target(image: str | Path, out: str | Path | None, mask_out: str | Path |
     image_format(target)
     if mask_out is not None:
         image_format(mask_out)
+    for path, flag in ((target, "--out"), (mask_out, "--mask-out")):
+        if path is None:
+            continue
+        if Path(path).is_dir():
+            raise InputError(f"{flag} {str(path)!r} is a folder: name the file to write")
+        _writable_folder(Path(path).resolve().parent, flag)
     return target
 
 
@@ -209,10 +248,17 @@ def fix(image: ImageInput, tool: str, *, template: str | None = None, slots: Map
     except KeyError as exc:
         raise _unknown_name(exc) from None
     backend = _backend_of(tool)  # None for a local tool
+    try:
+        from fixloop.tools.local import check_parameters
+
+        check_parameters(parameters)  # every number typed and ranged before any decoding or check
+    except RepairError as exc:
+        raise InputError(str(exc)) from None
     loaded = resolve_policy(policy)
-    decoded = decode_image(image, "image")
-    decoded_source = None if source is None else decode_image(source, "source")
-    decoded_refs = [decode_image(r, "reference") for r in references]
+    cap = loaded.analysis.max_pixels
+    decoded = decode_image(image, "image", cap)
+    decoded_source = None if source is None else decode_image(source, "source", cap)
+    decoded_refs = [decode_image(r, "reference", cap) for r in references]
     pixels = to_uint8(decoded.pixels)
     region = None if mask is None else _mask_on_image(mask, decoded, decoded_source)
     if region is None and spec.needs_mask and not spec.region_check and not _region_check(parameters.get("repair")):
@@ -521,7 +567,26 @@ def run_folder(out: str | Path | None, run_id: str, given: Sequence[str | Path |
     if (folder / "report.json").exists() or (folder / "attempts").exists():
         raise InputError(f"--out {str(folder)!r} already holds another run: choose a new folder "
                          "(or --resume that run)")
+    _writable_folder(folder, "--out")
+    for name in ("final.png", "final.jpg", "final.webp", "final.tif", "review.png", "review.jpg",
+                 "report.json", "report.md", "work", "inputs"):
+        if (folder / name).exists() and (folder / name).is_dir() != (name in ("work", "inputs")):
+            raise InputError(f"--out {str(folder)!r} holds {name!r} of another kind: choose a new folder")
     return folder
+
+
+def _writable_folder(folder: Path, flag: str) -> None:
+    """``folder`` can be a folder fixloop writes into: not a file, and its nearest existing parent
+    writable (checked before any work)."""
+    import os
+
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"{flag} {str(folder)!r}: {str(existing)!r} is a file, not a folder: choose a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {str(folder)!r} is not writable: choose a writable folder")
 
 
 def _input_path(value: ImageInput | None, role: str, folder: Path) -> str | None:
@@ -565,10 +630,23 @@ def start_repair(order: RepairOrder, progress: Progress | None = None, approver:
     given = [v for v in (order.image, order.source, order.mask, order.policy, *order.references)
              if isinstance(v, (str, Path))]
     folder = run_folder(order.out, run_id, given)
+    # every input decoded (and its shape checked) before anything is created: a bad file is one line
+    cap = loaded.analysis.max_pixels
+    decoded = decode_image(order.image, "image", cap)
+    for role, value in (("source", order.source), *(("reference", r) for r in order.references)):
+        if value is not None:
+            decode_image(value, role, cap)
+    if order.mask is not None:
+        _mask_on_image(order.mask, decoded, None if order.source is None else decode_image(order.source, "source", cap))
     settings = loaded.repair
-    paths = {role: _input_path(value, role, folder)
-             for role, value in (("image", order.image), ("source", order.source), ("mask", order.mask))}
-    references = [_input_path(r, f"reference-{i + 1}", folder) for i, r in enumerate(order.references)]
+    created = _created_by_us(folder)
+    try:
+        paths = {role: _input_path(value, role, folder)
+                 for role, value in (("image", order.image), ("source", order.source), ("mask", order.mask))}
+        references = [_input_path(r, f"reference-{i + 1}", folder) for i, r in enumerate(order.references)]
+    except BaseException:
+        _remove_created(created)
+        raise
     suffix = Path(paths["image"]).suffix.lower() if isinstance(order.image, (str, Path)) else ".png"
     inputs = RunInputs(
         image=paths["image"], source=paths["source"], mask=paths["mask"], references=references,
@@ -577,7 +655,29 @@ def start_repair(order: RepairOrder, progress: Progress | None = None, approver:
         polish=settings.polish if order.polish is None else order.polish, approve=order.approve,
         seed=settings.seed, out_dir=str(folder), output_format=OUTPUT_FORMATS.get(suffix, "PNG"),
         only_kinds=None if order.only_kinds is None else list(order.only_kinds), skip_kinds=list(order.skip_kinds))
-    return start_run(inputs, budget, progress=progress, approver=approver, run_id=run_id, db=db)
+    try:
+        return start_run(inputs, budget, progress=progress, approver=approver, run_id=run_id, db=db)
+    except InputError:
+        _remove_created(created)  # refused before the loop ran: nothing of this command is left
+        raise
+
+
+def _created_by_us(folder: Path) -> list[Path]:
+    """The folders this command will create for ``folder`` (itself and missing parents), outermost
+    first: what :func:`_remove_created` may delete on a refusal."""
+    missing = []
+    for path in [folder, *folder.parents]:
+        if path.exists():
+            break
+        missing.append(path)
+    return list(reversed(missing))
+
+
+def _remove_created(created: list[Path]) -> None:
+    import shutil
+
+    if created:
+        shutil.rmtree(created[0], ignore_errors=True)
 
 
 def resume_repair(run_id: str, progress: Progress | None = None, approver: Approver | None = None,

@@ -50,6 +50,8 @@ def check(
     from fixloop.checks.images import InputError
 
     try:
+        if out is not None:
+            service.check_report_folder(out)  # before any work: nothing is computed for a folder that cannot take it
         report = service.check(candidate, source, mask, reference, history, policy=policy, only=only or None)
         if out is not None:
             service.write_check_report(report, out, protected=[candidate, source, mask, policy, *reference, *history])

@@ -419,6 +419,8 @@ def reframing(source: AnalysisImage, candidate: AnalysisImage) -> np.ndarray | N
     the source (crop, zoom, shift, outpaint), or None when no such transform explains the pixels."""
     src, s_scale = _gray_at(source, MATCH_SIDE)
     dst, d_scale = _gray_at(candidate, MATCH_SIDE)
+    if min(src.shape[:2]) < 64 or min(dst.shape[:2]) < 64:
+        return None  # ORB's pyramid (8 levels at 1.2, 31-px patches) crashes in resize on a tiny strip
     orb = cv2.ORB_create(nfeatures=1500)
     kp1, des1 = orb.detectAndCompute(src, None)
     kp2, des2 = orb.detectAndCompute(dst, None)

@@ -14,8 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-# A decoded image larger than this is refused as a likely decompression bomb (about 16k x 16k).
-MAX_PIXELS = 268_000_000
+# Decoded pixels at most (the policy's ``analysis.max_pixels`` default): a JPEG larger than this is
+# decoded reduced (Pillow's ``draft``, 1/2 to 1/8 scale), any other image larger than this is refused
+# before its pixels are read. 40 MP keeps a whole check under 1.5 GB (bench/fuzz.py measures it).
+MAX_PIXELS = 40_000_000
+# The shapes every command accepts: at least MIN_SIDE px a side, at most MAX_ASPECT long side : short
+# side (crops down to 32 px a side and panoramas up to 10:1 are checked; a 1x1 or a 3-px strip is not).
+MIN_SIDE = 16
+MAX_ASPECT = 16.0
+# Pillow's own limit on text / ICC chunks it inflates (a 64 MB zTXt is refused, not inflated).
+MAX_CHUNK_BYTES = 1 << 20
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError,
+                  ZeroDivisionError, OverflowError, RuntimeError, MemoryError)
 
 
 class InputError(Exception):
@@ -46,48 +57,145 @@ class DecodedImage:
         return to_uint8(self.pixels)
 
 
-def load_image(path: str | Path, role: str = "image") -> DecodedImage:
-    """Decode ``path`` into a :class:`DecodedImage`; ``role`` names the input in error messages."""
+def load_image(path: str | Path, role: str = "image", max_pixels: int | None = None) -> DecodedImage:
+    """Decode ``path`` into a :class:`DecodedImage`; ``role`` names the input in error messages.
+    An image over ``max_pixels`` (default :data:`MAX_PIXELS`) is decoded reduced when it is a JPEG,
+    else refused."""
     path = Path(path)
     label = f"{role} {str(path)!r}"
-    if not path.exists():
-        raise InputError(f"{label} does not exist: check the path")
-    if not path.is_file():
-        raise InputError(f"{label} is not a file: pass an image file")
-    return _decode(path, label, str(path))
+    try:
+        if not path.exists():
+            raise InputError(f"{label} does not exist: check the path")
+        if not path.is_file():
+            raise InputError(f"{label} is not a file: pass an image file")
+    except OSError as exc:  # a name too long, a folder that cannot be read
+        raise InputError(f"{label} cannot be read ({exc.strerror or exc}): check the path") from None
+    return _decode(path, label, str(path), max_pixels)
 
 
-def load_image_bytes(data: bytes, role: str = "image", name: str = "upload") -> DecodedImage:
+def load_image_bytes(data: bytes, role: str = "image", name: str = "upload",
+                     max_pixels: int | None = None) -> DecodedImage:
     """Decode an image held in memory (an upload, a chat attachment) exactly as :func:`load_image`
     decodes a file; ``name`` stands for it in messages and reports."""
     import io
 
     if not data:
         raise InputError(f"{role} {name!r} is empty: send the image file's bytes")
-    return _decode(io.BytesIO(data), f"{role} {name!r}", None)
+    return _decode(io.BytesIO(data), f"{role} {name!r}", None, max_pixels)
 
 
-def _decode(source, label: str, path: str | None) -> DecodedImage:
-    """Open, fully load and orient one image (a path or a file object); every failure is an InputError."""
+def check_shape(size: tuple[int, int], label: str) -> None:
+    """Refuse, in one line, a shape no command handles: a side under :data:`MIN_SIDE` px or an
+    aspect beyond :data:`MAX_ASPECT`."""
+    width, height = size
+    if min(width, height) < MIN_SIDE:
+        raise InputError(f"{label} is {width}x{height}: fixloop needs at least {MIN_SIDE} px a side")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise InputError(f"{label} is {width}x{height}: fixloop handles aspects up to {MAX_ASPECT:g}:1, "
+                         "crop it first")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:160]
+
+
+def _decode(source, label: str, path: str | None, max_pixels: int | None = None) -> DecodedImage:
+    """Open, fully load and orient one image (a path or a file object); every failure is an InputError
+    of one line, whatever Pillow raised (a truncated chunk, an inflated text bomb, a corrupt EXIF)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    limit = int(max_pixels or MAX_PIXELS)
+    too_large = (f"{label} is too large to decode safely (over {limit:,} pixels): downscale it first")
+    _configure_once()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as opened:
+            warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data", libtiff's own chatter
+            with _quiet_native(), Image.open(source) as opened:
+                width, height = opened.size
+                if width < 1 or height < 1:
+                    raise InputError(f"{label} has no pixels ({width}x{height}): export it again")
+                if width * height > limit:
+                    if opened.format != "JPEG":
+                        raise InputError(too_large)
+                    reduce = 1  # JPEG decodes at 1/1, 1/2, 1/4 or 1/8 scale
+                    while reduce < 8 and (width // reduce) * (height // reduce) > limit:
+                        reduce *= 2
+                    opened.draft(opened.mode if opened.mode in ("RGB", "L") else None,
+                                 (-(-width // reduce), -(-height // reduce)))
+                    if opened.size[0] * opened.size[1] > limit:
+                        raise InputError(too_large)
                 opened.load()
-                image = ImageOps.exif_transpose(opened)
                 mode = opened.mode
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(
-            f"{label} is too large to decode safely (over {MAX_PIXELS:,} pixels): downscale it first"
-        ) from None
+                try:
+                    image = ImageOps.exif_transpose(opened)
+                except _DECODE_ERRORS as exc:
+                    raise InputError(f"{label} has a corrupt EXIF block ({_one_line(exc)}): "
+                                     "export it again") from None
+                decoded = decoded_from_pil(image, path, mode)
+    except InputError:
+        raise
     except UnidentifiedImageError:
         raise InputError(f"{label} is not an image Pillow can read: pass a PNG, JPEG, WebP or TIFF") from None
-    except OSError as exc:
-        raise InputError(f"{label} could not be decoded ({exc}): the file is truncated or corrupt, export it again") from None
-    return decoded_from_pil(image, path, mode)
+    except (MemoryError, Image.DecompressionBombError):
+        raise InputError(too_large) from None
+    except _DECODE_ERRORS as exc:
+        raise InputError(f"{label} could not be decoded ({_one_line(exc)}): the file is truncated or "
+                         "corrupt, export it again") from None
+    return decoded
+
+
+_NATIVE_QUIET = False
+_CONFIGURED = False
+
+
+def _configure_once() -> None:
+    """Pillow's process-wide limits, set once (never per call, so threads see one setting): its
+    bomb backstop at 268 MP (our per-call cap is lower), text / ICC chunks inflated to 1 MB at most."""
+    global _CONFIGURED
+    if _CONFIGURED:
+        return
+    from PIL import Image, PngImagePlugin
+
+    Image.MAX_IMAGE_PIXELS = 268_000_000
+    PngImagePlugin.MAX_TEXT_CHUNK = MAX_CHUNK_BYTES
+    PngImagePlugin.MAX_TEXT_MEMORY = 4 * MAX_CHUNK_BYTES
+    _CONFIGURED = True
+
+
+def _quiet_native():
+    """Silence native decoders' own warnings through their settings, once per process: libtiff's
+    warning handler (Pillow sets none unless asked) and OpenCV's log level."""
+    import contextlib
+
+    global _NATIVE_QUIET
+    if not _NATIVE_QUIET:
+        _NATIVE_QUIET = True
+        try:
+            import cv2
+
+            cv2.setLogLevel(0) if hasattr(cv2, "setLogLevel") else None
+        except Exception:  # noqa: BLE001  (OpenCV is optional for decoding)
+            pass
+        try:
+            import ctypes
+
+            from PIL import _imaging, features
+
+            if features.check("libtiff"):
+                # the libtiff Pillow links (found through its own module's dependencies, not the system's)
+                lib = ctypes.CDLL(_imaging.__file__)
+                # its warnings and its errors ("Using code not yet in table."): Pillow raises the
+                # error itself, which becomes the one line of an InputError
+                for name in ("TIFFSetWarningHandler", "TIFFSetErrorHandler"):
+                    if hasattr(lib, name):
+                        setter = getattr(lib, name)
+                        setter.restype = ctypes.c_void_p
+                        setter.argtypes = [ctypes.c_void_p]
+                        setter(None)
+        except Exception:  # noqa: BLE001  (best effort: no libtiff, no handler)
+            pass
+    return contextlib.nullcontext()
 
 
 def decoded_from_pil(image, path: str | None = None, mode: str | None = None) -> DecodedImage:

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fixloop.checks.base import REGISTRY, CheckParams, Priority
-from fixloop.checks.images import InputError
+from fixloop.checks.images import MAX_PIXELS, InputError
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("default_policy.toml")
 
@@ -29,6 +29,9 @@ class AnalysisSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_side: int = Field(ge=64, le=16384, description="long side, in pixels, at which checks measure")
+    max_pixels: int = Field(default=MAX_PIXELS, ge=1_000_000, le=268_000_000,
+                            description="decoded pixels at most per input: a larger JPEG is decoded reduced, "
+                            "any other larger image refused")
 
 
 class RepairSettings(BaseModel):
@@ -37,13 +40,13 @@ class RepairSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_passes: int = Field(ge=0, le=100, description="repair attempts at most per run")
-    max_usd: float = Field(ge=0, description="US dollars at most per run")
-    max_seconds: float = Field(gt=0, description="wall seconds at most per run")
+    max_usd: float = Field(ge=0, le=10_000, description="US dollars at most per run")
+    max_seconds: float = Field(gt=0, le=604_800, description="wall seconds at most per run")
     max_attempts_per_defect: int = Field(ge=1, le=10, description="attempts on one defect before it is left open")
     min_improvement: float = Field(gt=0, le=1, description="share of a finding's excess past its limit a repair must remove")
-    worse_factor: float = Field(gt=1, description="a finding whose severity grows by this factor was made worse")
+    worse_factor: float = Field(gt=1, le=100, description="a finding whose severity grows by this factor was made worse")
     polish: bool = Field(description="also repair P2 findings once no P0/P1 is left")
-    seed: int = Field(ge=0, description="seed locked for every generative attempt of a run")
+    seed: int = Field(ge=0, le=2**32 - 1, description="seed locked for every generative attempt of a run")
     wider_mask: float = Field(gt=0, le=0.2, description="share of the image diagonal a mask grows on the wider-mask rung")
     backends: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="per backend ([repair.backends.NAME]): its settings (model, quality, "
@@ -85,6 +88,45 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise InputError(f"policy {str(path)!r} is not valid TOML ({exc}): fix the file") from None
 
 
+SECTIONS = ("gate", "analysis", "repair", "checks")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_structure(raw: dict[str, Any], label: str) -> None:
+    """Top-level sections known (a typo such as ``[gates]`` names the closest), each section a table,
+    and no number that is not finite anywhere (TOML allows nan and inf)."""
+    import difflib
+    import math
+
+    for key in raw:
+        if key not in SECTIONS:
+            close = difflib.get_close_matches(key, SECTIONS, n=1, cutoff=0.5)
+            hint = f"did you mean [{close[0]}]?" if close else f"use {', '.join(f'[{s}]' for s in SECTIONS)}"
+            raise InputError(f"{label}: unknown section [{key}]: {hint}")
+    for key in SECTIONS:
+        if key in raw and not isinstance(raw[key], dict):
+            raise InputError(f"{label}: {key} = {_short(raw[key])} must be a table ([{key}])")
+    for name, table in raw.get("checks", {}).items():
+        if not isinstance(table, dict):
+            raise InputError(f"{label}: checks.{name} = {_short(table)} must be a table ([checks.{name}])")
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{label}: {where} = {value!r}: give a finite number")
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(inner, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, list):
+            for index, inner in enumerate(value):
+                walk(inner, f"{where}[{index}]")
+
+    walk(raw, "")
+
+
 def load_policy(path: str | Path | None = None) -> Policy:
     """The default policy, with the file at ``path`` (if any) laid over it."""
     import fixloop.checks.all  # noqa: F401  (registers every check)
@@ -96,6 +138,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
         raw = _merge(raw, override)
         name = str(path)
     label = "default policy" if path is None else f"policy {str(path)!r}"
+    _check_structure(raw, label)
     unknown = sorted(set(raw.get("checks", {})) - set(REGISTRY.names()))
     if unknown:
         try:
@@ -117,5 +160,6 @@ def load_policy(path: str | Path | None = None) -> Policy:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join([section, *(str(p) for p in first["loc"])])
-        raise InputError(f"{label}: {where}: {first['msg']}: fix the value") from None
+        message = " ".join(str(first["msg"]).split())
+        raise InputError(f"{label}: {where} = {_short(first.get('input'))}: {message}: fix the value") from None
     return Policy(name=name, gate=gate, analysis=analysis, repair=repair, checks=checks, raw=raw)

@@ -47,14 +47,14 @@ CLIPPED = 0.97  # sRGB level at or above which a candidate channel counts as cli
 class SpillParams(CheckParams):
     priority: Priority
     margin: float = Field(ge=0, lt=0.5, description="share of the image diagonal the mask is grown by")
-    work_side: int = Field(ge=64, description="px; long side at which the comparison runs")
-    blur_sigma: float = Field(ge=0, description="px at the working size; blur against JPEG noise")
-    delta_e_threshold: float = Field(gt=0, description="CIEDE2000 difference at which a pixel has changed")
+    work_side: int = Field(ge=64, le=4096, description="px; long side at which the comparison runs")
+    blur_sigma: float = Field(ge=0, le=32, description="px at the working size; blur against JPEG noise")
+    delta_e_threshold: float = Field(gt=0, le=100, description="CIEDE2000 difference at which a pixel has changed")
     ssim_threshold: float = Field(gt=-1, lt=1, description="local SSIM of L* below which a pixel has changed")
-    opening_px: int = Field(ge=0, description="px at the working size; radius of the opening disc")
+    opening_px: int = Field(ge=0, le=64, description="px at the working size; radius of the opening disc")
     fraction_threshold: float = Field(gt=0, le=1, description="share of the unedited area")
     min_outside_fraction: float = Field(gt=0, le=1, description="share of the image left to compare")
-    max_regions: int = Field(ge=1, description="changed blobs listed in the evidence")
+    max_regions: int = Field(ge=1, le=1000, description="changed blobs listed in the evidence")
 
 
 @dataclass(frozen=True)

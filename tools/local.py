@@ -91,21 +91,109 @@ def _apply_luts(image: np.ndarray, luts: np.ndarray) -> np.ndarray:
     return out
 
 
+# Every numeric setting of the local tools: (lowest, highest). A value outside is refused in one line
+# before any work (a 100000-px grow would allocate tens of GB; 1e308 overflows an int).
+RANGES: dict[str, tuple[float, float]] = {
+    "cct": (1500, 15000),
+    "ev": (-8.0, 8.0),
+    "tint": (-1.0, 1.0),
+    "feather": (0.0, 512.0),
+    "multiple": (1, 1024),
+    "overlap": (0, 512),
+    "grow": (0, 64),
+    "radius": (1, 64),
+    "padding": (0.0, 4.0),
+    "min_padding": (0, 4096),
+    "work_side": (64, 8192),
+    "max_upscale": (1.0, 8.0),
+}
+# pixels at most on a canvas the tools build (the decoder's own cap)
+MAX_CANVAS_PIXELS = 40_000_000
+
+
 def _param(parameters: dict[str, Any], name: str, default: Any, kind: type) -> Any:
-    """A tool setting converted to ``kind``; a value that does not convert is a one-line error."""
+    """A tool setting converted to ``kind`` and checked against :data:`RANGES`; a value that does not
+    convert, is not finite or is out of range is a one-line error naming the key and the range."""
+    import math
+
     value = parameters.get(name, default)
     if value is None:
         return None
     try:
-        if kind is bool and isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
                 return True
-            if value.lower() in ("0", "false", "no", "off"):
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
                 return False
+            if isinstance(value, (int, float)) and value in (0, 1):
+                return bool(value)
             raise ValueError(value)
-        return kind(value)
-    except (TypeError, ValueError):
-        raise RepairError(f"parameter {name}={value!r} is not a valid {kind.__name__}") from None
+        if isinstance(value, (bool, dict, list, tuple)) or value is ...:
+            raise TypeError(value)
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError(value)
+        if kind is int:
+            if number != int(number) and not (isinstance(value, str) and "." not in value):
+                number = round(number)
+            converted = int(number)
+        else:
+            converted = kind(number)
+    except (TypeError, ValueError, OverflowError):
+        raise RepairError(f"parameter {name}={_short(value)} is not a valid {kind.__name__}"
+                          + _range_text(name)) from None
+    low, high = RANGES.get(name, (None, None))
+    if low is not None and name in parameters and not low <= converted <= high:  # defaults are the tool's own
+        raise RepairError(f"parameter {name}={_short(value)} is out of range{_range_text(name)}")
+    return converted
+
+
+INT_PARAMS = ("multiple", "overlap", "grow", "radius", "min_padding", "work_side")
+
+
+def check_parameters(parameters: dict[str, Any]) -> None:
+    """Every setting a user passed (``fix --param``), validated before any work: the ranged numbers
+    of :data:`RANGES`, ``extend``, ``aspect``, a ``finding`` given by hand, and no number anywhere that
+    is not finite or beyond 1e9 (one line naming the key)."""
+    import math
+
+    for name, value in parameters.items():
+        if name in RANGES:
+            _param(parameters, name, None, int if name in INT_PARAMS else float)
+        elif isinstance(value, float) and (not math.isfinite(value) or abs(value) > 1e9):
+            raise RepairError(f"parameter {name}={_short(value)} is not a usable number")
+    if "extend" in parameters:
+        _parse_extend(parameters["extend"])
+    if "aspect" in parameters:
+        parse_aspect(parameters["aspect"])
+    finding = parameters.get("finding")
+    if finding is not None and not hasattr(finding, "evidence"):
+        if not isinstance(finding, dict):
+            raise RepairError(f"finding={_short(finding)}: give an object, e.g. "
+                              '{"evidence": {"extend": {"left": 40}}}')
+        _finding_value(parameters, "extend")
+        extend = _finding_value(parameters, "extend")
+        if extend is not None:
+            _parse_extend(extend)
+    inner = parameters.get("repair_parameters")
+    if inner is not None:
+        if not isinstance(inner, dict):
+            raise RepairError("repair_parameters must be an object of the inner repair's settings")
+        check_parameters(inner)
+
+
+def _range_text(name: str) -> str:
+    if name not in RANGES:
+        return ""
+    low, high = RANGES[name]
+    return f": use {low:g} to {high:g}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _same_aspect(a: tuple[int, ...], b: tuple[int, ...]) -> bool:
@@ -128,6 +216,9 @@ def _finding_value(parameters: dict[str, Any], key: str) -> Any:
     if finding is None:
         return None
     evidence = finding.get("evidence", {}) if isinstance(finding, dict) else getattr(finding, "evidence", {})
+    if not isinstance(evidence, dict):
+        raise RepairError(f"finding={_short(finding)}: its evidence must be an object, e.g. "
+                          '{"evidence": {"extend": {"left": 40}}}')
     return evidence.get(key)
 
 
@@ -326,11 +417,14 @@ def composite_back(request: RepairRequest) -> RepairResult:
 # ---- canvas expansion -------------------------------------------------------------------------------
 
 SIDES = ("left", "top", "right", "bottom")
+MAX_EXTEND = 16384  # px per side at most
 FILLS = ("reflect", "blur", "replicate")
 
 
 def parse_aspect(value: Any) -> float:
     """'3:2', '16x9', '1.5' or 1.5 -> width / height."""
+    if isinstance(value, bool):
+        raise RepairError(f"aspect={value!r}: write it as W:H, e.g. 3:2")
     if isinstance(value, (int, float)):
         ratio = float(value)
     else:
@@ -340,7 +434,7 @@ def parse_aspect(value: Any) -> float:
                 a, _, b = text.partition(sep)
                 try:
                     ratio = float(a) / float(b)
-                except (ValueError, ZeroDivisionError):
+                except (ValueError, ZeroDivisionError, OverflowError):
                     raise RepairError(f"aspect={value!r}: write it as W:H, e.g. 3:2") from None
                 break
         else:
@@ -348,7 +442,7 @@ def parse_aspect(value: Any) -> float:
                 ratio = float(text)
             except ValueError:
                 raise RepairError(f"aspect={value!r}: write it as W:H, e.g. 3:2") from None
-    if not 0.05 <= ratio <= 20:
+    if not 0.05 <= ratio <= 20:  # NaN fails too
         raise RepairError(f"aspect={value!r} is not a usable width:height ratio")
     return ratio
 
@@ -371,11 +465,16 @@ def _parse_extend(value: Any) -> dict[str, int]:
         if side not in SIDES:
             raise RepairError(f"extend names side {side!r}: use {', '.join(SIDES)}")
         try:
+            if isinstance(amount, (bool, dict, list)):
+                raise TypeError(amount)
             out[side] = int(round(float(amount)))
-        except (TypeError, ValueError):
-            raise RepairError(f"extend {side}={amount!r} is not a number of pixels") from None
+        except (TypeError, ValueError, OverflowError):
+            raise RepairError(f"extend {side}={_short(amount)} is not a number of pixels: use 0 to "
+                              f"{MAX_EXTEND} px") from None
         if out[side] < 0:
             raise RepairError(f"extend {side}={amount!r}: only growing the canvas is supported")
+        if out[side] > MAX_EXTEND:
+            raise RepairError(f"extend {side}={_short(amount)} is out of range: use 0 to {MAX_EXTEND} px")
     return out
 
 
@@ -435,6 +534,8 @@ def expand_canvas(request: RepairRequest) -> RepairResult:
         raise RepairError(f"the canvas is already {w}x{h} at that aspect: nothing to expand")
     if max(pad.values()) > 4 * max(w, h):
         raise RepairError(f"extending by {max(pad.values())} px is more than 4x the image: expand in steps")
+    if cw * ch > MAX_CANVAS_PIXELS:
+        raise RepairError(f"a {cw}x{ch} canvas is over {MAX_CANVAS_PIXELS:,} pixels: ask for a smaller one")
 
     # 2. fill the new area; the original pixels stay exactly as they were
     top, bottom, left, right = pad["top"], pad["bottom"], pad["left"], pad["right"]
@@ -477,15 +578,22 @@ def _wide_blur(image: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _pad_by_reflection(image: np.ndarray, top: int, bottom: int, left: int, right: int, border: int) -> np.ndarray:
-    """copyMakeBorder, repeated while a pad is longer than the side it reflects."""
+    """copyMakeBorder, repeated while a pad is longer than the side it reflects. Terminates: every pass
+    pads at least 1 px where something is left (a 1-px side is replicated), and a side at least doubles
+    per pass, so a pad of P px takes at most log2(P) + 1 passes."""
     out = image
     remaining = [top, bottom, left, right]
     while any(remaining):
         h, w = out.shape[:2]
-        step = [min(remaining[0], h - 1), min(remaining[1], h - 1), min(remaining[2], w - 1), min(remaining[3], w - 1)]
+        room = 0 if border == cv2.BORDER_REFLECT_101 else 1  # REFLECT repeats the edge: a whole side fits
+        step = [min(remaining[0], h - 1 + room), min(remaining[1], h - 1 + room),
+                min(remaining[2], w - 1 + room), min(remaining[3], w - 1 + room)]
+        mode = border
         if border == cv2.BORDER_REPLICATE:
             step = remaining
-        out = cv2.copyMakeBorder(out, *step, border)
+        elif any(r > 0 and st < 1 for r, st in zip(remaining, step)):
+            step, mode = remaining, cv2.BORDER_REPLICATE  # a 1-px side reflects onto itself: repeat it
+        out = cv2.copyMakeBorder(out, *step, mode)
         remaining = [r - s for r, s in zip(remaining, step)]
     return out
 
