@@ -69,6 +69,7 @@ FOOTER_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 UNUSED = "-"  # footer_value's answer for a field the repair did not use; footer_lines leaves those out
 
+PANEL_MAX_ASPECT = 16  # a panel is at most this many times as wide as high (commands refuse wider inputs)
 MAX_CLOSEUPS = 4  # detail repairs shown in the close-up row
 CLOSEUP_MAX_SIDE = 400  # px a close-up may reach after 2x; larger windows are shrunk, never scaled down
 CLOSEUP_PADDING = 0.25  # share of the box's width (height) added on each side
@@ -222,8 +223,9 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def _panel_size(shape: tuple[int, ...], height: int) -> tuple[int, int]:
-    """(width, height) of an image of ``shape`` scaled to ``height``, aspect kept."""
-    return max(1, round(shape[1] * height / shape[0])), height
+    """(width, height) of an image of ``shape`` scaled to ``height``, aspect kept up to
+    PANEL_MAX_ASPECT : 1 (a wider strip is squeezed: a sheet never grows past that, whatever the input)."""
+    return min(max(1, round(shape[1] * height / shape[0])), PANEL_MAX_ASPECT * height), height
 
 
 def _to_panel(image: np.ndarray, height: int) -> np.ndarray:

@@ -51,7 +51,7 @@ def open_graph(db: str | Path | None = None) -> Iterator[Any]:
 
     path = Path(db) if db is not None else checkpoint_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), check_same_thread=False)
+    conn = _connect(path, check_same_thread=False)
     try:
         saver = SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
         try:
@@ -62,6 +62,24 @@ def open_graph(db: str | Path | None = None) -> Iterator[Any]:
         yield build_graph().compile(checkpointer=saver)
     finally:
         conn.close()
+
+
+BUSY_TIMEOUT_S = 60.0  # another process (a second repair, `fixloop runs`) holding the write lock: wait, don't fail
+
+
+def _connect(path: Path, **kwargs: Any) -> sqlite3.Connection:
+    """A connection that waits for other processes' locks (busy timeout) on a file in WAL mode, so
+    two runs and a listing at once on one FIXLOOP_HOME all finish (readers never block the writer)."""
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, **kwargs)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise InputError(f"{path} is not a fixloop checkpoint file ({exc}): move it away, or set "
+                         f"{HOME_ENV} to another folder") from None
+    return conn
 
 
 def _config(run_id: str, budget: Budget) -> dict[str, Any]:
@@ -176,7 +194,7 @@ def list_runs(db: str | Path | None = None) -> list[RunState]:
     path = Path(db) if db is not None else checkpoint_path()
     if not path.exists():
         return []
-    conn = sqlite3.connect(str(path))
+    conn = _connect(path)
     try:
         # conversations (agent/conversation.py) keep their threads in the same file, under "conversation:"
         ids = [row[0] for row in conn.execute(
