@@ -25,6 +25,21 @@ class ConsoleProgress:
         self._spent = 0.0
         self._attempt = 0
 
+    def say(self, markup: str, hang: int = 4) -> None:
+        """Print one progress line, wrapped between words to the console's width; lines after the
+        first are indented by ``hang`` more than the line's own indent, so each event stays one block."""
+        from rich.text import Text
+
+        text = Text.from_markup(markup)
+        indent = len(text.plain) - len(text.plain.lstrip(" "))
+        width = max(20, self.console.width)
+        lines = text.wrap(self.console, width - indent - hang, overflow="fold")
+        for number, line in enumerate(lines):
+            line.rstrip()
+            if number:
+                line = Text(" " * (indent + hang)) + line
+            self.console.print(line, soft_wrap=True)
+
     def _spin(self, text: str) -> None:
         if not self.console.is_terminal:
             return
@@ -33,6 +48,12 @@ class ConsoleProgress:
             self._status.start()
         else:
             self._status.update(text)
+
+    def _path(self, path: str) -> str:
+        """A path shortened from the left so that it fits on one line."""
+        from fixloop.apps.text import shorten_left
+
+        return shorten_left(path, max(20, self.console.width - 6))
 
     def stop(self) -> None:
         if self._status is not None:
@@ -46,31 +67,31 @@ class ConsoleProgress:
 
     def on_start(self, state) -> None:
         b = state.budget
-        self.console.print(f"[bold]fixloop repair[/bold] run [cyan]{state.run_id}[/cyan] -> {escape(state.inputs.out_dir)}")
-        self.console.print(f"  backend {state.inputs.backend}; budget {b.max_passes} passes, ${b.max_usd:.2f}, "
+        self.say(f"[bold]fixloop repair[/bold] run [cyan]{state.run_id}[/cyan] -> {escape(self._path(state.inputs.out_dir))}")
+        self.say(f"  backend {state.inputs.backend}; budget {b.max_passes} passes, ${b.max_usd:.2f}, "
                            f"{b.max_seconds:.0f} s")
         self._spin("inspecting the input")
 
     def on_resume(self, state) -> None:
         self._spent, self._attempt = state.spend.usd, state.spend.passes
         where = "finished" if state.finished else f"after pass {state.spend.passes}"
-        self.console.print(f"[bold]fixloop repair[/bold] resuming run [cyan]{state.run_id}[/cyan] ({where}, "
+        self.say(f"[bold]fixloop repair[/bold] resuming run [cyan]{state.run_id}[/cyan] ({where}, "
                            f"${state.spend.usd:.4f} spent)")
 
     def on_inspect(self, findings, verdict) -> None:
         counts = {p: sum(1 for f in findings if f.priority == p) for p in ("P0", "P1", "P2")}
-        self.console.print(f"inspect: {len(findings)} finding(s), P0 {counts['P0']} · P1 {counts['P1']} · "
+        self.say(f"inspect: {len(findings)} finding(s), P0 {counts['P0']} · P1 {counts['P1']} · "
                            f"P2 {counts['P2']}; verdict {verdict}")
         for f in findings:
-            self.console.print(f"  {f.stage:9s} {f.priority} {f.kind}: {escape(f.message)}")
+            self.say(f"  {f.stage:9s} {f.priority} {f.kind}: {escape(f.message)}")
 
     def on_target(self, target, tries) -> None:
-        self.console.print(f"[bold]▶ {target.stage} · {target.kind}[/bold] ({target.priority}, "
+        self.say(f"[bold]▶ {target.stage} · {target.kind}[/bold] ({target.priority}, "
                            f"{target.score:g} {escape(target.unit)}){f' · try {tries + 1}' if tries else ''}")
 
     def on_plan(self, plan, attempt) -> None:
         cost = f" · about ${plan.estimated_usd:.4f}" if plan.paid else ""
-        self.console.print(f"  plan: {plan.tool} ({plan.template}) · {escape(plan.change)}{cost}")
+        self.say(f"  plan: {plan.tool} ({plan.template}) · {escape(plan.change)}{cost}")
 
     def on_repair(self, plan, attempt) -> None:
         self._attempt = attempt
@@ -80,12 +101,12 @@ class ConsoleProgress:
     def on_verdict(self, attempt) -> None:
         self._spent += attempt.cost_usd
         spend = f" · {attempt.seconds:.2f} s" + (f" · ${attempt.cost_usd:.4f}" if attempt.cost_usd else "")
-        self.console.print(f"  {MARK.get(attempt.outcome.value, attempt.outcome.value)}: {escape(attempt.reason)}{spend}")
+        self.say(f"  {MARK.get(attempt.outcome.value, attempt.outcome.value)}: {escape(attempt.reason)}{spend}")
         self._spin(f"checking · ${self._spent:.4f} spent")
 
     def on_open(self, defect) -> None:
-        self.console.print(f"  [yellow]○ left open[/yellow]: {defect.kind} ({defect.priority}): {escape(defect.reason)}")
-        self.console.print(f"    would fix: {escape(defect.would_fix)}")
+        self.say(f"  [yellow]○ left open[/yellow]: {defect.kind} ({defect.priority}): {escape(defect.reason)}")
+        self.say(f"    would fix: {escape(defect.would_fix)}")
 
     def on_closed(self, defects) -> None:
         """Defects left open (or held back) before that the checks no longer find on the new image."""
@@ -93,21 +114,21 @@ class ConsoleProgress:
             from fixloop.agent.state import OpenCause
 
             was = "held back" if defect.cause == OpenCause.held_back else "left open"
-            self.console.print(f"  [green]● no longer found[/green]: {defect.kind} ({defect.priority}), {was} "
+            self.say(f"  [green]● no longer found[/green]: {defect.kind} ({defect.priority}), {was} "
                                "before: not open any more")
 
     def on_finish(self, state) -> None:
         self.stop()
         colour = {"pass": "green", "fail": "red"}.get(state.verdict or "", "yellow")
-        self.console.print(f"[bold]done[/bold]: {escape(state.stop_reason or '')}")
-        self.console.print(f"  final verdict [{colour}]{state.verdict}[/{colour}] · {state.spend.passes} pass(es) · "
+        self.say(f"[bold]done[/bold]: {escape(state.stop_reason or '')}")
+        self.say(f"  final verdict [{colour}]{state.verdict}[/{colour}] · {state.spend.passes} pass(es) · "
                            f"${state.spend.usd:.4f} · {state.spend.seconds:.1f} s")
         for defect in [*state.open_defects.values(), *state.held_back.values()]:
-            self.console.print(f"  [yellow]open[/yellow] {defect.kind} ({defect.priority}): {escape(defect.reason)}")
+            self.say(f"  [yellow]open[/yellow] {defect.kind} ({defect.priority}): {escape(defect.reason)}")
         from fixloop.agent.outputs import final_name
 
         for name in (final_name(state.inputs.output_format), "report.json", "review.png"):
-            self.console.print(f"  {escape(state.inputs.out_dir)}/{name}")
+            self.say(f"  {escape(self._path(state.inputs.out_dir + '/' + name))}")
 
 
 def ask_approval(console: Console):

@@ -82,3 +82,18 @@ def test_quiet_repair_prints_only_its_verdict_line(example, tmp_path):
                             capture_output=True, text=True, env=env)
     assert result.returncode == 0 and result.stderr == ""
     assert result.stdout.count("\n") == 1 and result.stdout.startswith("verdict: PASS")
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_repair_progress_fits_and_keeps_every_word(example, tmp_path, width):
+    paths, env, _ = example
+    result = subprocess.run([*FIXLOOP, "repair", str(paths["candidate"]), "--source", str(paths["source"]),
+                             "--mask", str(paths["mask"]), "--out", str(tmp_path / "run"), "--json"],
+                            capture_output=True, text=True, env={**env, "COLUMNS": str(width)})
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines and not [line for line in lines if len(line) > width]
+    report = json.loads(result.stdout)
+    seen = tokens(result.stderr)
+    for attempt in report["attempts"]:
+        assert tokens(attempt["reason"]) <= seen and tokens(attempt["plan"]["change"]) <= seen
