@@ -393,6 +393,7 @@ def gate(
     resume: bool = typer.Option(False, "--resume", help="skip images already in --out's results.jsonl with the same "
                                 "files and policy"),
     as_json: bool = typer.Option(False, "--json", help="print summary.json on stdout (progress stays on stderr)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar; print the verdict line only"),
 ) -> None:
     """Check many images: pass/fail per image, results.jsonl, summary.json, junit.xml and report.html in --out.
 
@@ -410,7 +411,7 @@ def gate(
                                  resume=resume)
     try:
         plan = gating.prepare(options)
-        outcome = gating.run(plan, progress=gating.GateProgress())
+        outcome = gating.run(plan, progress=None if quiet else gating.GateProgress())
     except InputError as exc:
         _fail_input(str(exc))
     except gating.GateAborted as exc:
@@ -421,6 +422,8 @@ def gate(
         raise typer.Exit(130)
     if as_json:
         sys.stdout.write(json.dumps(outcome.summary, indent=2, ensure_ascii=False) + "\n")
+    elif quiet:
+        gating.print_verdict(outcome)
     else:
         gating.print_summary(outcome)
     raise typer.Exit(outcome.summary["exit_code"])

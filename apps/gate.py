@@ -671,32 +671,42 @@ class GateProgress:
             self._progress = None
 
 
+def print_verdict(outcome: GateOutcome) -> None:
+    """The one line ``--quiet`` prints."""
+    s = outcome.summary
+    v = s["verdicts"]
+    verdict = "ERROR" if v["error"] else "FAIL" if v["fail"] else "PASS"
+    print(f"verdict: {verdict}  {s['total']} images: {v['pass']} pass · {v['fail']} fail · {v['error']} error")
+
+
 def print_summary(outcome: GateOutcome, console=None) -> None:
     """The run in a few lines: counts, speed, the commonest defects, errors, unpaired inputs, outputs."""
     from rich.console import Console
     from rich.markup import escape
 
-    console = console or Console(highlight=False, soft_wrap=True)
+    from fixloop.apps.text import say
+
+    console = console or Console(highlight=False)
     s = outcome.summary
     v = s["verdicts"]
     resumed = f" ({s['resumed']} from the earlier run)" if s["resumed"] else ""
     rate = f"{s['images_per_second']:.2f} images/s" if s.get("images_per_second") else "-"
-    console.print(f"[bold]fixloop gate[/bold]: {s['total']} images{resumed}: [green]{v['pass']} pass[/green] · "
+    say(console, f"[bold]fixloop gate[/bold]: {s['total']} images{resumed}: [green]{v['pass']} pass[/green] · "
                   f"[red]{v['fail']} fail[/red] · [yellow]{v['error']} error[/yellow]; {s['checked']} checked in "
                   f"{s['seconds']:.1f} s ({rate}, {s['engine']}, {s['jobs']} job(s))")
     if s["kinds"]:
         kinds = " · ".join(f"{kind} {n['images']}" for kind, n in list(s["kinds"].items())[:8])
-        console.print(f"  images per defect: {kinds}")
+        say(console, f"  images per defect: {kinds}")
     for entry in s["errors"][:5]:
-        console.print(f"  [yellow]error[/yellow] {escape(entry['id'])}: {escape(entry['error'] or '')}")
+        say(console, f"  [yellow]error[/yellow] {escape(entry['id'])}: {escape(entry['error'] or '')}")
     if v["error"] > 5:
-        console.print(f"  ... {v['error'] - 5} more error rows in results.jsonl")
+        say(console, f"  ... {v['error'] - 5} more error rows in results.jsonl")
     pairing = s.get("unpaired") or {}
     for key, label in (("without_source", "candidates without a source"), ("without_mask", "candidates without a mask"),
                        ("unused_sources", "sources no candidate took"), ("unused_masks", "masks no candidate took")):
         names = pairing.get(key) or []
         if names:
             shown = ", ".join(Path(n).name for n in names[:5]) + (", ..." if len(names) > 5 else "")
-            console.print(f"  {label} ({len(names)}): {escape(shown)}")
-    console.print(f"  wrote {escape(str(outcome.outputs['report.html']))} (and results.jsonl, summary.json, "
+            say(console, f"  {label} ({len(names)}): {escape(shown)}")
+    say(console, f"  wrote {escape(str(outcome.outputs['report.html']))} (and results.jsonl, summary.json, "
                   f"junit.xml beside it)")

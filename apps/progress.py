@@ -26,19 +26,10 @@ class ConsoleProgress:
         self._attempt = 0
 
     def say(self, markup: str, hang: int = 4) -> None:
-        """Print one progress line, wrapped between words to the console's width; lines after the
-        first are indented by ``hang`` more than the line's own indent, so each event stays one block."""
-        from rich.text import Text
+        """One progress line, wrapped between words with a hanging indent (see apps.text.say)."""
+        from fixloop.apps.text import say
 
-        text = Text.from_markup(markup)
-        indent = len(text.plain) - len(text.plain.lstrip(" "))
-        width = max(20, self.console.width)
-        lines = text.wrap(self.console, width - indent - hang, overflow="fold")
-        for number, line in enumerate(lines):
-            line.rstrip()
-            if number:
-                line = Text(" " * (indent + hang)) + line
-            self.console.print(line, soft_wrap=True)
+        say(self.console, markup, hang)
 
     def _spin(self, text: str) -> None:
         if not self.console.is_terminal:

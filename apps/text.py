@@ -42,3 +42,16 @@ def columns(cells: list[str], widths: list[int]) -> str:
     for cell, size in zip(cells, widths):
         parts.append(cell.ljust(size))
     return "  ".join(parts).rstrip()
+
+
+def say(console, markup: str, hang: int = 4) -> None:
+    """Print one line of Rich markup wrapped between words to ``console``'s width; the lines after the
+    first are indented by ``hang`` more than the line's own indent, so each item stays one block."""
+    from rich.text import Text
+
+    text = Text.from_markup(markup)
+    indent = len(text.plain) - len(text.plain.lstrip(" "))
+    width = max(20, console.width)
+    for number, line in enumerate(text.wrap(console, width - indent - hang, overflow="fold")):
+        line.rstrip()
+        console.print(Text(" " * (indent + hang)) + line if number else line, soft_wrap=True)

@@ -97,3 +97,21 @@ def test_repair_progress_fits_and_keeps_every_word(example, tmp_path, width):
     seen = tokens(result.stderr)
     for attempt in report["attempts"]:
         assert tokens(attempt["reason"]) <= seen and tokens(attempt["plan"]["change"]) <= seen
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_gate_summary_fits_and_quiet_is_one_line(example, tmp_path, width):
+    paths, env, _ = example
+    folder = tmp_path / "edits"
+    folder.mkdir()
+    (folder / "candidate.png").write_bytes(paths["candidate"].read_bytes())
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "candidate.png").write_bytes(paths["source"].read_bytes())
+    base = [*FIXLOOP, "gate", str(folder), "--sources", str(sources), "--jobs", "1"]
+    full = subprocess.run([*base, "--out", str(tmp_path / "a")], capture_output=True, text=True,
+                          env={**env, "COLUMNS": str(width)})
+    assert full.returncode == 1, full.stderr
+    assert full.stdout and not [line for line in full.stdout.splitlines() if len(line) > width]
+    quiet = subprocess.run([*base, "--out", str(tmp_path / "b"), "--quiet"], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 1 and quiet.stdout.count("\n") == 1 and quiet.stdout.startswith("verdict: FAIL")
