@@ -189,6 +189,15 @@ def _call_tool(name: str, request):
         raise ToolFailed(AttemptCause.tool_crashed, f"tool crashed: {type(exc).__name__}: {exc}") from exc
 
 
+def _unreachable(failure: ToolFailed) -> bool:
+    """The tool said its endpoint cannot be reached at all (not a refusal, not a bad answer)."""
+    try:
+        from fixloop.tools.openai_images import EndpointUnreachable
+    except ImportError:  # pragma: no cover - the openai tool ships with fixloop
+        return False
+    return isinstance(failure.__cause__, EndpointUnreachable)
+
+
 def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
     from fixloop.agent.findings import to_finding
     from fixloop.tools.base import RepairRequest
@@ -205,6 +214,9 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
     source = before if plan.salvage else ctx.source_pixels(image, state.canvas_pad)
     parameters = dict(plan.parameters)
     parameters.pop("attempt", None)
+    if plan.tool == "openai":  # retries and waits stay inside what the run's seconds budget has left
+        left = state.budget.max_seconds - state.spend.seconds - (time.perf_counter() - started)
+        parameters["deadline_s"] = round(max(1.0, left), 3)
     if plan.tool.startswith("local.") and plan.tool != "local.composite_back":
         parameters["finding"] = to_finding(plan.target, mask if plan.mask_source == MaskSource.finding else None)
     references = [ctx.image_array(r) for r in plan.references]
@@ -241,9 +253,12 @@ def repair(state: RunState, runtime: Runtime[RunContext]) -> dict:
             attempt.notes.append("the picture inside the old frame was restored exactly; only the new strip is generated")
     except ToolFailed as failure:
         attempt.outcome, attempt.cause, attempt.reason = Outcome.failed, failure.cause, failure.reason
-        attempt.cost_usd, attempt.seconds = round(cost, 6), round(tool_seconds, 4)
-        return {"pending": attempt,
-                "spend": _spend(state, started, passes=1, usd=cost, tool_seconds=tool_seconds)}
+        attempt.cost_usd, attempt.seconds = round(cost, 6), round(tool_seconds, 4)  # the real time it took
+        update = {"pending": attempt, "spend": _spend(state, started, passes=1, usd=cost, tool_seconds=tool_seconds)}
+        if _unreachable(failure):  # every later attempt would wait the same way: the run ends with its report
+            update.update(stop=StopReason.stuck, stop_reason=f"stopped: the {plan.tool} backend cannot be reached "
+                                                             f"({failure.reason})")
+        return update
 
     name = f"attempts/{index:02d}-{plan.tool}.png"
     attempt.image = ctx.files.save_image(result.image, name)

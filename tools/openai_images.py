@@ -264,8 +264,8 @@ def decode_image(data: bytes) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as opened:
             opened.load()
             decoded = decoded_from_pil(opened)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise RepairError(f"the endpoint returned an image that cannot be decoded ({exc})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise RepairError(f"the endpoint returned an image that cannot be decoded ({' '.join(str(exc).split())[:120]})") from None
     return to_uint8(decoded.pixels)
 
 
@@ -402,8 +402,11 @@ class OpenAIEditParams(BaseModel):
     n: int = Field(1, ge=1, le=10, description="images per call; the tool returns the first")
     api_key: str | None = Field(None, repr=False, description="default: the OPENAI_API_KEY environment variable")
     base_url: str | None = Field(None, description="default: OPENAI_BASE_URL, else the official endpoint")
-    max_retries: int = Field(3, ge=0, le=10, description="client retries for 429, 408, 409 and 5xx")
-    timeout: float = Field(300.0, gt=0, description="seconds per attempt")
+    max_retries: int = Field(3, ge=0, le=10, description="retries for 429, 408, 409, 5xx and a connection "
+                             "that failed before any answer (never for a call that may have been charged)")
+    timeout: float = Field(300.0, gt=0, le=3600, description="seconds per attempt")
+    deadline_s: float | None = Field(None, gt=0, le=7 * 86400, description="seconds this call may take in all, "
+                                     "retries and waits included (the repair loop passes what its budget has left)")
     prices: str | None = Field(None, description="a TOML price table laid over tools/prices.toml")
 
     @property
@@ -508,17 +511,50 @@ def _api_error_message(exc: Any) -> str:
     return f"HTTP {exc.status_code}{code}: {message}"
 
 
+UNREACHABLE_S = 45.0  # seconds of failed connections (nothing sent) after which an endpoint counts as unreachable
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # waits between retries when the endpoint names none
+
+
+class EndpointUnreachable(RepairError):
+    """The endpoint could not be reached at all: the repair loop ends the run (a retry would not help)."""
+
+
+def _retry_after(exc: Any) -> float | None:
+    """Seconds the endpoint asked to wait (``retry-after-ms`` or ``retry-after``), if it said."""
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) * scale
+        except ValueError:
+            continue
+        if math.isfinite(seconds) and seconds >= 0:
+            return seconds
+    return None
+
+
 def _call_api(prepared: _Prepared) -> tuple[Any, int, str]:
-    """Run images.edit; returns (response, attempts, base_url). Retries are the client's own."""
+    """Run images.edit; returns (response, attempts, base_url).
+
+    Retries are ours (the client's own are off) so that each one is decided here: a 429 (after its
+    Retry-After), 408, 409, a 5xx, or a connection that failed before an answer came is retried up to
+    ``max_retries`` times while ``deadline_s`` leaves room for the wait; a call that may have been
+    charged (a 200, whatever it held, or a response that timed out after the upload) is never sent
+    again. An endpoint that refuses every connection for UNREACHABLE_S seconds raises
+    :class:`EndpointUnreachable`."""
     try:
         import openai
     except ImportError:
         raise RepairError("the openai package is not installed: pip install 'openai>=2.8,<3'") from None
 
     settings = prepared.settings
+    started = time.monotonic()
+    deadline = started + (settings.deadline_s if settings.deadline_s is not None else math.inf)
     sent: list[int] = []
     http_client = openai.DefaultHttpxClient(event_hooks={"request": [lambda request: sent.append(1)]})
-    client = openai.OpenAI(api_key=prepared.api_key, base_url=settings.base_url, max_retries=settings.max_retries,
+    client = openai.OpenAI(api_key=prepared.api_key, base_url=settings.base_url, max_retries=0,
                            timeout=settings.timeout, http_client=http_client)
     base_url = str(client.base_url)
     arguments: dict[str, Any] = {
@@ -537,9 +573,53 @@ def _call_api(prepared: _Prepared) -> tuple[Any, int, str]:
         arguments["output_compression"] = settings.output_compression
     if settings.input_fidelity is not None and prepared.rules.input_fidelity:
         arguments["input_fidelity"] = settings.input_fidelity
+    tries = 0
+    unreachable_since: float | None = None
+    with client:
+        while True:
+            tries += 1
+            left = deadline - time.monotonic()
+            if left <= 0.5:
+                raise RepairError(f"images.edit not sent: the run's seconds budget has {max(left, 0):.1f} s left "
+                                  f"({tries - 1} attempts made)")
+            try:
+                response = _edit_once(client, arguments, min(settings.timeout, left), base_url, sent)
+                return response, len(sent), base_url
+            except _Retry as retry:
+                now = time.monotonic()
+                if retry.unreachable:
+                    unreachable_since = unreachable_since if unreachable_since is not None else now
+                    if now - unreachable_since >= UNREACHABLE_S or tries > settings.max_retries:
+                        raise EndpointUnreachable(f"cannot reach {base_url} ({retry.cause}) after {tries} attempts "
+                                                  f"in {now - started:.1f} s: check OPENAI_BASE_URL and the network")
+                else:
+                    unreachable_since = None
+                if tries > settings.max_retries:
+                    raise RepairError(f"{retry.cause}; gave up after {tries} attempts in {now - started:.1f} s "
+                                      "(raise max_retries to try longer)") from None
+                wait = retry.wait if retry.wait is not None else BACKOFF_S[min(tries - 1, len(BACKOFF_S) - 1)]
+                if now + wait >= deadline - 0.5:
+                    raise RepairError(f"{retry.cause}; not retried: the wait of {wait:g} s would pass the run's "
+                                      f"seconds budget ({max(deadline - now, 0):.1f} s left)") from None
+                time.sleep(wait)
+
+
+class _Retry(Exception):
+    """Internal: this try failed in a way a retry can help (nothing was charged)."""
+
+    def __init__(self, cause: str, wait: float | None = None, unreachable: bool = False):
+        super().__init__(cause)
+        self.cause, self.wait, self.unreachable = cause, wait, unreachable
+
+
+def _edit_once(client: Any, arguments: dict[str, Any], timeout: float, base_url: str, sent: list[int]) -> Any:
+    """One images.edit request: its response, :class:`_Retry`, or a one-line error that ends the tool."""
+    import httpx
+    import openai
+
+    before = len(sent)
     try:
-        with client:
-            response = client.images.edit(**arguments)
+        return client.images.edit(**arguments, timeout=timeout)
     except openai.BadRequestError as exc:
         if exc.code in MODERATION_CODES:
             raise ModerationBlocked(_moderation_message(exc)) from None
@@ -548,18 +628,41 @@ def _call_api(prepared: _Prepared) -> tuple[Any, int, str]:
         raise RepairError(f"the endpoint {base_url} rejected the API key ({_api_error_message(exc)}): "
                           "check OPENAI_API_KEY") from None
     except openai.RateLimitError as exc:
-        raise RepairError(f"rate limited by {base_url} after {len(sent)} attempts ({_api_error_message(exc)}): "
-                          "wait and rerun, or raise max_retries") from None
+        raise _Retry(f"rate limited by {base_url} ({_api_error_message(exc)})", _retry_after(exc)) from None
     except openai.APIStatusError as exc:
-        raise RepairError(f"images.edit failed after {len(sent)} attempts ({_api_error_message(exc)})") from None
+        if exc.status_code in (408, 409) or exc.status_code >= 500:
+            raise _Retry(f"images.edit failed ({_api_error_message(exc)})", _retry_after(exc)) from None
+        raise RepairError(f"images.edit failed ({_api_error_message(exc)})") from None
     except openai.APITimeoutError:
-        raise RepairError(f"images.edit timed out after {settings.timeout:g} s per attempt ({len(sent)} attempts): "
-                          "raise timeout or use a lower quality") from None
+        # the upload went out and no answer came in time: the call may have been charged, so it is not sent again
+        raise RepairError(f"images.edit timed out after {timeout:.1f} s with no answer; not retried (the call may "
+                          "have been charged): raise timeout or use a lower quality") from None
     except openai.APIConnectionError as exc:
-        raise RepairError(f"cannot reach {base_url} ({exc}): check OPENAI_BASE_URL and the network") from None
+        cause = exc.__cause__
+        reason = " ".join(str(cause or exc).split())[:160] or type(cause or exc).__name__
+        never_connected = isinstance(cause, (httpx.ConnectError, httpx.ConnectTimeout)) or len(sent) == before
+        # a reset before any answer: nothing came back, so nothing was delivered or charged; retried
+        raise _Retry(f"connection to {base_url} failed ({reason})", unreachable=never_connected) from None
+    except openai.APIResponseValidationError as exc:
+        raise RepairError(f"{base_url} answered with a body that is not an Images API response ({exc.message}); "
+                          "not retried (the call may have been charged)") from None
     except openai.OpenAIError as exc:
-        raise RepairError(f"images.edit failed: {' '.join(str(exc).split())}") from None
-    return response, len(sent), base_url
+        raise RepairError(f"images.edit failed: {' '.join(str(exc).split())[:200]}") from None
+    except ValueError as exc:  # a 200 whose body is not JSON
+        raise RepairError(f"{base_url} answered with a body that is not JSON ({' '.join(str(exc).split())[:120]}); "
+                          "not retried (the call may have been charged)") from None
+
+
+def _check_returned(image: np.ndarray, geometry: Geometry, base_url: str) -> np.ndarray:
+    """A returned image of another size is brought back to the input's geometry (an endpoint that
+    ignores the size still helps), unless it cannot stand for the request: a side under 16 px, or an
+    aspect off by more than 2x (stretching it back would wreck the picture): a one-line error."""
+    h, w = image.shape[:2]
+    sw, sh = geometry.send_size
+    if min(w, h) < 16 or not 0.5 <= (w / h) / (sw / sh) <= 2.0:
+        raise RepairError(f"{base_url} returned a {w}x{h} image for a {sw}x{sh} request: not the framing asked "
+                          "for, the result is not used")
+    return image
 
 
 def _usage_dict(response: Any) -> dict[str, Any] | None:
@@ -584,7 +687,15 @@ def edit_candidates(request: RepairRequest) -> tuple[RepairResult, list[np.ndarr
     encoded = [item.b64_json for item in data if getattr(item, "b64_json", None)]
     if not encoded:
         raise RepairError(f"{base_url} answered without a b64_json image: the endpoint is not Images-API compatible")
-    candidates = [from_request_image(decode_image(base64.b64decode(item)), prepared.geometry) for item in encoded]
+    returned = []
+    for item in encoded:
+        try:
+            raw = base64.b64decode(item, validate=False)
+        except (ValueError, TypeError):
+            raise RepairError(f"{base_url} answered with b64_json that is not base64: not retried (the call was "
+                              "charged)") from None
+        returned.append(_check_returned(decode_image(raw), prepared.geometry, base_url))
+    candidates = [from_request_image(image, prepared.geometry) for image in returned]
     notes = list(prepared.notes)
     if len(candidates) > 1:
         notes.append(f"n={len(candidates)}: returned the first image; tools.openai_images.edit_candidates returns all")
