@@ -635,7 +635,9 @@ def defringe(request: RepairRequest) -> RepairResult:
         ring = cv2.dilate(ring.astype(np.uint8), kernel).astype(bool)
     half = _ring_halfwidth(ring)
     # A band narrower than the structuring element is removed; the ring bounds the fringe's width.
-    radius = _param(params, "radius", max(1, int(np.ceil(half))), int)
+    # (capped: a ring that covers the whole image has no outside, and its half-width no bound)
+    default_radius = max(1, int(np.ceil(min(half, RANGES["radius"][1]))) if np.isfinite(half) else RANGES["radius"][1])
+    radius = _param(params, "radius", default_radius, int)
     if radius < 1:
         raise RepairError(f"radius={radius} px must be >= 1")
 
