@@ -288,7 +288,29 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int], any_coverage: bool = Fa
         return mask
     if not any_coverage:
         return cv2.resize(mask.astype(np.uint8), tuple(size), interpolation=cv2.INTER_NEAREST).astype(bool)
-    shrinking = size[0] * size[1] < mask.size
-    resized = cv2.resize(mask.astype(np.float32), tuple(size),
-                         interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-    return resized > 0
+    if size[0] >= mask.shape[1] and size[1] >= mask.shape[0]:  # enlarging both ways: bilinear, > 0
+        resized = cv2.resize(mask.astype(np.float32), tuple(size), interpolation=cv2.INTER_LINEAR)
+        return resized > 0
+    return _covering(mask, size)
+
+
+def _covering(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Exact any-coverage for a shrink (or a shrink one way and an enlargement the other, where no
+    single OpenCV interpolation keeps a thin mask): an output pixel is True when its footprint on the
+    input holds a True pixel, counted on the integral image."""
+    h, w = mask.shape
+    nw, nh = int(size[0]), int(size[1])
+    integral = np.zeros((h + 1, w + 1), np.int64)
+    integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+
+    def spans(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+        i = np.arange(n_out, dtype=np.int64)
+        low = (i * n_in) // n_out
+        high = np.maximum(low + 1, -((-(i + 1) * n_in) // n_out))
+        return low, np.minimum(high, n_in)
+
+    r0, r1 = spans(nh, h)
+    c0, c1 = spans(nw, w)
+    count = (integral[np.ix_(r1, c1)] - integral[np.ix_(r0, c1)] - integral[np.ix_(r1, c0)]
+             + integral[np.ix_(r0, c0)])
+    return count > 0
