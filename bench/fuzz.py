@@ -394,8 +394,12 @@ def run_case(case: Case, root: Path, limit: float) -> Outcome:
     signal.setitimer(signal.ITIMER_REAL, limit)
     started = time.perf_counter()
     cwd = os.getcwd()
+    native = tempfile.TemporaryFile()  # what native libraries write to fd 2 (libtiff, OpenCV) counts too
+    saved_fd = os.dup(2)
     try:
         os.chdir(root)
+        sys.stderr.flush()
+        os.dup2(native.fileno(), 2)
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             main(args)
     except SystemExit as exc:
@@ -409,9 +413,14 @@ def run_case(case: Case, root: Path, limit: float) -> Outcome:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
         os.chdir(cwd)
     seconds = time.perf_counter() - started
-    err, outp = stderr.getvalue(), stdout.getvalue()
+    native.seek(0)
+    native_text = native.read().decode("utf-8", "replace")
+    native.close()
+    err, outp = stderr.getvalue() + native_text, stdout.getvalue()
     if "Traceback (most recent call last)" in err:
         problems.append("traceback on stderr")
     if code is not None and code not in ALLOWED_EXIT:
@@ -483,6 +492,34 @@ def table(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+MEMORY_LIMIT_MB = 1536
+
+
+def memory(folder: Path | None = None) -> list[tuple[str, float, int, float]]:
+    """Peak RSS (MB) of a whole `fixloop check` of the largest images accepted: a PNG just under the
+    40 MP cap (candidate and source) and a 63 MP JPEG (decoded reduced), each in its own process."""
+    import subprocess
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="fixloop-mem-") as tmp:
+        root = Path(folder or tmp)
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 256, (6000, 6600, 3), dtype=np.uint8)).save(root / "39mp.png", compress_level=1)
+        Image.fromarray(rng.integers(0, 256, (9000, 7000, 3), dtype=np.uint8)).save(root / "63mp.jpg", quality=80)
+        script = ("import resource, sys\nfrom fixloop.apps.cli import main\n"
+                  "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
+                  "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, code)\n")
+        for name, args in (("check 39 MP PNG + source", ["check", root / "39mp.png", "--source", root / "39mp.png"]),
+                           ("check 63 MP JPEG", ["check", root / "63mp.jpg"])):
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True,
+                                  timeout=600)
+            line = [x for x in done.stdout.splitlines() if x.startswith("RSS")][-1].split()
+            rows.append((name, int(line[1]) / 1024, int(line[2]) if line[2].isdigit() else -1,
+                         time.perf_counter() - started))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cases", type=int, default=1200)
@@ -491,8 +528,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--category", action="append", choices=CATEGORIES)
     parser.add_argument("--json", type=Path, help="write every case and its outcome here")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="only measure peak RSS of checks of the largest "
+                        f"accepted images (limit {MEMORY_LIMIT_MB} MB)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if args.memory:
+        rows = memory()
+        for name, mb, code, seconds in rows:
+            print(f"{name:<28} peak RSS {mb:7.0f} MB  exit {code}  {seconds:5.1f} s")
+        return 1 if any(mb > MEMORY_LIMIT_MB for _, mb, _, _ in rows) else 0
 
     def show(outcome: Outcome) -> None:
         if outcome.problems and not args.quiet:
@@ -509,5 +553,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    if not __package__:  # run as a script (python bench/fuzz.py): tests/ beside it must import
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     raise SystemExit(main())
