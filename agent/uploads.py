@@ -102,12 +102,8 @@ def _path_keys(table: dict, where: str = "") -> list[str]:
 def policy_from_text(text: str, name: str = "policy", allow_paths: bool = False) -> "Policy":
     """A policy given as TOML text, laid over the defaults exactly as ``load_policy(path)`` lays a file.
     Unless ``allow_paths``, keys that name files on this machine (model checkpoints) are refused."""
-    from pydantic import ValidationError
+    from fixloop.checks.policy import load_policy_text
 
-    from fixloop.checks.policy import (DEFAULT_POLICY_PATH, REGISTRY, AnalysisSettings, GateRules, Policy,
-                                       RepairSettings, _merge, _read_toml, load_policy)
-
-    load_policy()  # registers every check
     try:
         override = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -115,30 +111,7 @@ def policy_from_text(text: str, name: str = "policy", allow_paths: bool = False)
     named = [] if allow_paths else _path_keys(override)
     if named:
         raise InputError(f"{name}: {named[0]} names a file on the server, which a remote policy cannot set: leave it out")
-    raw = _merge(_read_toml(DEFAULT_POLICY_PATH), override)
-    unknown = sorted(set(raw.get("checks", {})) - set(REGISTRY.names()))
-    if unknown:
-        try:
-            REGISTRY.get(unknown[0])
-        except KeyError as exc:
-            raise InputError(f"{name}: [checks.{unknown[0]}] names {exc.args[0]}") from None
-    section = "gate"
-    try:
-        checks = {}
-        for spec in REGISTRY:
-            section = f"checks.{spec.name}"
-            checks[spec.name] = spec.params_model.model_validate(raw.get("checks", {}).get(spec.name, {}))
-        section = "gate"
-        gate = GateRules.model_validate(raw.get("gate", {}))
-        section = "analysis"
-        analysis = AnalysisSettings.model_validate(raw.get("analysis", {}))
-        section = "repair"
-        repair = RepairSettings.model_validate(raw.get("repair", {}))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join([section, *(str(p) for p in first["loc"])])
-        raise InputError(f"{name}: {where}: {first['msg']}: fix the value") from None
-    return Policy(name=name, gate=gate, analysis=analysis, repair=repair, checks=checks, raw=raw)
+    return load_policy_text(text, name)
 
 
 def validate_inputs(image: bytes, source: bytes | None, mask: bytes | None, references: Sequence[bytes],

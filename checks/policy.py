@@ -129,15 +129,26 @@ def _check_structure(raw: dict[str, Any], label: str) -> None:
 
 def load_policy(path: str | Path | None = None) -> Policy:
     """The default policy, with the file at ``path`` (if any) laid over it."""
+    if path is None:
+        return _build({}, "default", "default policy")
+    return _build(_read_toml(Path(path)), str(path), f"policy {str(path)!r}")
+
+
+def load_policy_text(text: str, name: str = "policy") -> Policy:
+    """A policy given as TOML text (an upload, a chat setting), laid over the defaults exactly as
+    :func:`load_policy` lays a file; ``name`` stands for it in messages."""
+    try:
+        override = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"{name} is not valid TOML ({exc}): fix the text") from None
+    return _build(override, name, name)
+
+
+def _build(override: dict[str, Any], name: str, label: str) -> Policy:
+    """The defaults with ``override`` laid over them, validated section by section."""
     import fixloop.checks.all  # noqa: F401  (registers every check)
 
-    raw = _read_toml(DEFAULT_POLICY_PATH)
-    name = "default"
-    if path is not None:
-        override = _read_toml(Path(path))
-        raw = _merge(raw, override)
-        name = str(path)
-    label = "default policy" if path is None else f"policy {str(path)!r}"
+    raw = _merge(_read_toml(DEFAULT_POLICY_PATH), override)
     _check_structure(raw, label)
     unknown = sorted(set(raw.get("checks", {})) - set(REGISTRY.names()))
     if unknown:
