@@ -378,3 +378,20 @@ def test_sdxl_checkpoints_go_through_the_same_entry_call(models, scene, box_mask
     assert img2img.parameters["pipeline"] == "StableDiffusionXLImg2ImgPipeline"
     assert img2img.parameters["scheduler_used"] == "DDIMScheduler"  # the checkpoint's, not the last run's
     assert img2img.image.shape == scene.shape
+
+
+def test_a_corrupt_model_file_is_a_one_line_error(models, scene, tmp_path):
+    """A checkpoint folder whose weights file is cut short (a broken download) fails the repair in one
+    line naming the model, not with a loader traceback."""
+    import shutil
+
+    broken = tmp_path / "broken-inpaint"
+    shutil.copytree(models.inpaint, broken)
+    weights = sorted(broken.glob("unet/*.safetensors")) or sorted(broken.glob("unet/*.bin"))
+    assert weights, "the tiny pipeline has a unet weights file"
+    weights[0].write_bytes(weights[0].read_bytes()[:100])
+    with pytest.raises(RepairError) as error:
+        diffusion_repair(RepairRequest(image=scene, mask=np.ones(scene.shape[:2], bool),
+                                       parameters={"model": str(broken), "steps": 4}))
+    message = str(error.value)
+    assert "\n" not in message and str(broken) in message
