@@ -104,7 +104,7 @@ class Region(BaseModel):
         if box is None:
             ys, xs = np.nonzero(full)
             box = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1] if xs.size else None
-        return cls(box=box, area_fraction=round(float(full.mean()), 5))
+        return cls(box=box, area_fraction=round(np.count_nonzero(full) / full.size, 5))
 
 
 class Finding(BaseModel):

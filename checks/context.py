@@ -7,12 +7,20 @@ linear light) and model analyses are computed on first use and cached on the con
 so checks that need the same thing share it. A context belongs to one run of the checks (one thread);
 the models behind the analyses are shared by every thread of the process (:mod:`fixloop.checks.analyses`).
 
+An image's shared analyses (pose, faces, hands, embeddings, line segments, band energies, ...) are
+also kept in the process's :data:`STORE` under a digest of its pixels, for the last few images: the
+repair loop and a server check many candidates against one source, whose analyses are then computed
+once. A stored analysis is what computing it again would give, so no report depends on the store.
+
 Candidate and source are pixel-aligned when their aspect ratios agree within ``ASPECT_TOLERANCE``
 (:func:`same_aspect`, the one test of that for every layer).
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +30,7 @@ import cv2
 import numpy as np
 
 from fixloop.checks.base import Region
-from fixloop.checks.geometry import disc, fit_size, mask_box, pixel_box, resize_image, resize_mask
+from fixloop.checks.geometry import fit_size, grow_mask, mask_box, pixel_box, resize_image, resize_mask, share
 from fixloop.checks.images import (
     SRGB8_TO_LINEAR,
     DecodedImage,
@@ -48,8 +56,93 @@ def same_aspect(size_a: Sequence[int], size_b: Sequence[int], tolerance: float =
     return abs((wa / ha) / (wb / hb) - 1.0) <= tolerance
 
 
+_MISSING = object()
+
+
+class Memo:
+    """A small least-recently-used map, safe to share between threads."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            if key not in self._items:
+                return default
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: str, value: Any) -> None:
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class AnalysisStore:
+    """The analyses of the last few images this process has seen, keyed by the images' pixels.
+
+    The repair loop checks every candidate against the same source, a server checks many candidates
+    of one upload, a gate meets the same reference again and again: an image whose pixels (at the
+    analysis size, alpha included) were analysed before gets its pose, faces, hands, embeddings and
+    other shared analyses back instead of running the models again. Every analysis is a function of
+    the pixels alone, so a stored result is the one a new run would compute. Bounded: the analyses
+    of at most ``images`` images are kept, least recently used dropped first. Thread-safe."""
+
+    def __init__(self, images: int = 6):
+        self._images = Memo(images)
+        self._lock = threading.Lock()
+
+    @property
+    def images(self) -> int:
+        return self._images.size
+
+    @images.setter
+    def images(self, value: int) -> None:
+        self._images.size = value
+        if value <= 0:
+            self._images.clear()
+
+    def get(self, digest: str, key: str) -> Any:
+        entry = self._images.get(digest)
+        return _MISSING if entry is None else entry.get(key, _MISSING)
+
+    def put(self, digest: str, key: str, value: Any) -> None:
+        with self._lock:
+            entry = self._images.get(digest)
+            if entry is None:
+                entry = {}
+                self._images.put(digest, entry)
+            entry[key] = value
+
+    def clear(self) -> None:
+        self._images.clear()
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+
+# The process's store (``STORE.images = 0`` turns it off; ``STORE.clear()`` empties it).
+STORE = AnalysisStore()
+
+
 class AnalysisImage:
-    """One image at the analysis size, with lazily computed, cached views."""
+    """One image at the analysis size, with lazily computed, cached views.
+
+    ``shared`` analyses are computed once per image (a second thread asking for one that is being
+    computed waits for it) and kept in the process's :data:`STORE` under the pixels' digest."""
 
     def __init__(self, decoded: DecodedImage, size: tuple[int, int]):
         self.decoded = decoded
@@ -59,12 +152,56 @@ class AnalysisImage:
         self.pixels = resize_image(decoded.pixels, size)  # uint8, or float32 for deep inputs
         self.alpha = None if decoded.alpha is None else resize_image(decoded.alpha, size)
         self._analyses: dict[str, Any] = {}
+        self._pending: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 of the analysis pixels (and alpha): the key of this image's analyses in the store."""
+        h = hashlib.sha256(f"{self.pixels.shape}{self.pixels.dtype}".encode())
+        h.update(np.ascontiguousarray(self.pixels).data)
+        if self.alpha is not None:
+            h.update(np.ascontiguousarray(self.alpha, dtype=np.float32).data)
+        return h.hexdigest()
 
     def shared(self, key: str, compute: Callable[[], Any]) -> Any:
-        """Compute an analysis of this image (pose, faces, hands, ...) once and cache it."""
-        if key not in self._analyses:
-            self._analyses[key] = compute()
-        return self._analyses[key]
+        """Compute an analysis of this image (pose, faces, hands, ...) once and cache it. The result
+        is shared by every check and thread that asks for it: never modify it."""
+        value = self._analyses.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        digest = self.digest
+        while True:
+            with self._lock:
+                value = self._analyses.get(key, _MISSING)
+                if value is not _MISSING:
+                    return value
+                pending = self._pending.get(key)
+                if pending is None:
+                    value = STORE.get(digest, key)
+                    if value is not _MISSING:
+                        self._analyses[key] = value
+                        return value
+                    pending = self._pending[key] = threading.Event()
+                    break
+            pending.wait()  # another thread computes it; if that failed, compute it here
+        try:
+            value = compute()
+        except BaseException:
+            with self._lock:
+                del self._pending[key]
+            pending.set()
+            raise
+        with self._lock:
+            self._analyses[key] = value
+            del self._pending[key]
+        STORE.put(digest, key, value)
+        pending.set()
+        return value
+
+    def computed(self, key: str) -> bool:
+        """True when analysis ``key`` is at hand (computed here or found in the store)."""
+        return key in self._analyses or STORE.get(self.digest, key) is not _MISSING
 
     @cached_property
     def uint8(self) -> np.ndarray:
@@ -73,6 +210,8 @@ class AnalysisImage:
     @cached_property
     def rgb(self) -> np.ndarray:
         """float32 RGB in [0, 1], sRGB-encoded"""
+        if self.pixels.dtype == np.uint8:  # a table look-up: the same values as as_float, faster
+            return cv2.LUT(self.pixels, UINT8_TO_FLOAT)
         return as_float(self.pixels)
 
     @cached_property
@@ -84,12 +223,16 @@ class AnalysisImage:
     def linear(self) -> np.ndarray:
         """Linear-light RGB (sRGB transfer removed)."""
         if self.pixels.dtype == np.uint8:
-            return SRGB_TO_LINEAR[self.pixels]
+            return cv2.LUT(self.pixels, SRGB_TO_LINEAR)
         return srgb_to_linear(self.rgb).astype(np.float32)
 
     @cached_property
     def luminance(self) -> np.ndarray:
         """Relative luminance Y (Rec. 709 primaries, linear light)."""
+        if self.pixels.dtype == np.uint8:
+            # each channel's weighted linear value from a table, summed in the same order as below
+            terms = cv2.LUT(self.pixels, WEIGHTED_LINEAR)
+            return (terms[..., 0] + terms[..., 1]) + terms[..., 2]
         lin = self.linear
         return (0.2126 * lin[..., 0] + 0.7152 * lin[..., 1] + 0.0722 * lin[..., 2]).astype(np.float32)
 
@@ -100,6 +243,11 @@ class AnalysisImage:
 
 
 SRGB_TO_LINEAR = SRGB8_TO_LINEAR.astype(np.float32)
+# uint8 -> float32 [0, 1] exactly as images.as_float computes it, as a table
+UINT8_TO_FLOAT = as_float(np.arange(256, dtype=np.uint8))
+# per channel: the Rec. 709 weight times the linear value (float32, as AnalysisImage.luminance's float path)
+WEIGHTED_LINEAR = np.stack([np.float32(0.2126) * SRGB_TO_LINEAR, np.float32(0.7152) * SRGB_TO_LINEAR,
+                            np.float32(0.0722) * SRGB_TO_LINEAR], axis=1)[:, None, :].copy()
 
 
 def analysis_size(sizes: Sequence[tuple[int, int]], max_side: int) -> tuple[int, int]:
@@ -153,9 +301,9 @@ class CheckContext:
             if self.mask is None:
                 return whole
             radius = max(1, round(margin * float(np.hypot(*self.size))))
-            grown = cv2.dilate(self.mask.astype(np.uint8), disc(radius)).astype(bool)
+            grown = grow_mask(self.mask, radius)
             outside = ~grown
-            return outside if outside.mean() >= min_fraction else whole
+            return outside if share(outside) >= min_fraction else whole
 
         return self.shared(f"unedited_region:{margin}:{min_fraction}", compute)
 

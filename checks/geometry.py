@@ -46,9 +46,33 @@ def mask_box(mask: np.ndarray, cell: float | tuple[float, float] = 1) -> tuple |
     return (int(xs.min()) * cx, int(ys.min()) * cy, (int(xs.max()) + 1) * cx, (int(ys.max()) + 1) * cy)
 
 
+def share(mask: np.ndarray) -> float:
+    """The share of True pixels of a bool mask: ``mask.mean()``, counted instead of averaged."""
+    return np.count_nonzero(mask) / mask.size if mask.size else float("nan")
+
+
+def channel_max(pixels: np.ndarray) -> np.ndarray:
+    """Largest of the three channels per pixel: ``pixels.max(axis=2)``, faster."""
+    return np.maximum(np.maximum(pixels[..., 0], pixels[..., 1]), pixels[..., 2])
+
+
 def disc(radius: int) -> np.ndarray:
     """A filled disc of ``radius`` px: the structuring element for growing or opening a mask."""
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def grow_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """A bool mask dilated by a disc of ``radius`` px (:func:`disc`): the same pixels as dilating the
+    whole image, computed only on the mask's box grown by the radius."""
+    box = mask_box(mask)
+    out = np.zeros(mask.shape, bool)
+    if box is None:
+        return out
+    h, w = mask.shape
+    x0, y0, x1, y1 = max(0, box[0] - radius), max(0, box[1] - radius), min(w, box[2] + radius), min(h, box[3] + radius)
+    window = np.ascontiguousarray(mask[y0:y1, x0:x1], dtype=np.uint8)
+    out[y0:y1, x0:x1] = cv2.dilate(window, disc(radius)).astype(bool)
+    return out
 
 
 def fit_size(size: tuple[int, int], side: float) -> tuple[tuple[int, int], float]:

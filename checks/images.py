@@ -128,11 +128,12 @@ def _decode(source, label: str, path: str | None, max_pixels: int | None = None)
                 opened.load()
                 mode = opened.mode
                 try:
-                    image = ImageOps.exif_transpose(opened)
+                    # turned upright in place: no copy of an image without an EXIF orientation
+                    ImageOps.exif_transpose(opened, in_place=True)
                 except _DECODE_ERRORS as exc:
                     raise InputError(f"{label} has a corrupt EXIF block ({_one_line(exc)}): "
                                      "export it again") from None
-                decoded = decoded_from_pil(image, path, mode)
+                decoded = decoded_from_pil(opened, path, mode)
     except InputError:
         raise
     except UnidentifiedImageError:
@@ -218,8 +219,10 @@ def decoded_from_pil(image, path: str | None = None, mode: str | None = None) ->
     elif image.mode == "L" or image.mode == "1":
         grey = np.asarray(image.convert("L"), dtype=np.uint8)
         pixels = np.repeat(grey[..., None], 3, axis=2)
+    elif image.mode == "RGB":
+        pixels = np.asarray(image, dtype=np.uint8)
     else:
-        # RGB, CMYK, YCbCr, LAB, HSV and the rest: Pillow's own conversion to RGB.
+        # CMYK, YCbCr, LAB, HSV and the rest: Pillow's own conversion to RGB.
         pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
     if alpha is not None and float(alpha.min()) >= 1.0:
         alpha = None  # an opaque alpha channel carries no boundary
@@ -250,8 +253,21 @@ def load_mask(path: str | Path) -> np.ndarray:
     return mask_from_decoded(load_image(path, role="mask"))
 
 
+# An 8-bit pixel is white in a mask when the mean of its three channels is at least 0.5, i.e. when
+# the channels add up to at least 383 (1.5 x 255, rounded up).
+MASK_LEVEL_SUM = 383
+
+
 def mask_from_decoded(decoded: DecodedImage) -> np.ndarray:
     """The edit mask a decoded image stands for (see :func:`load_mask`)."""
+    pixels = decoded.pixels
+    if pixels.dtype == np.uint8:  # the float rule below, in integers
+        if decoded.alpha is not None and int(pixels.max()) == int(pixels.min()):
+            return decoded.alpha < 0.5
+        total = pixels[..., 0].astype(np.uint16)
+        total += pixels[..., 1]
+        total += pixels[..., 2]
+        return total >= MASK_LEVEL_SUM
     rgb = decoded.rgb
     if decoded.alpha is not None and float(np.ptp(rgb)) < 1e-6:
         return decoded.alpha < 0.5
