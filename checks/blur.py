@@ -127,8 +127,11 @@ def measure_blur(source: AnalysisImage, candidate: AnalysisImage, params: BlurPa
     fine_c = fine_c * gain
 
     def saturated(image: AnalysisImage) -> np.ndarray:
-        g = image.gray
-        return _tile_mean((g >= CLIPPED) | (g <= CRUSHED), grid)
+        def compute() -> np.ndarray:
+            g = image.gray
+            return _tile_mean((g >= CLIPPED) | (g <= CRUSHED), grid)
+
+        return image.shared(f"texture_blur:saturated:{grid}", compute)
 
     counted = (fine_s >= params.min_detail) & (saturated(candidate) - saturated(source) < params.saturated_growth)
     if counted.mean() < params.min_measured_fraction:

@@ -20,8 +20,8 @@ import numpy as np
 from pydantic import Field
 
 from fixloop.checks.base import CheckParams, Priority, make_finding, register_check
-from fixloop.checks.context import CheckContext
-from fixloop.checks.geometry import shrink
+from fixloop.checks.context import AnalysisImage, CheckContext
+from fixloop.checks.geometry import channel_max, share, shrink
 
 # Linear sRGB -> CIE XYZ (D65)
 RGB_TO_XYZ = np.array(
@@ -114,8 +114,8 @@ def white_balance_gains(mired_shift: float, tint_shift: float = 0.0) -> np.ndarr
 def fit_gains(before: np.ndarray, after: np.ndarray, region: np.ndarray, before_srgb: np.ndarray,
               after_srgb: np.ndarray) -> np.ndarray:
     """Per-channel least-squares gains g with after ~= g * before, on unclipped pixels of ``region``."""
-    usable = region & (before_srgb.max(axis=2) < CLIP) & (after_srgb.max(axis=2) < CLIP)
-    if usable.sum() < 100:
+    usable = region & (channel_max(before_srgb) < CLIP) & (channel_max(after_srgb) < CLIP)
+    if np.count_nonzero(usable) < 100:
         usable = region
     b = before[usable].astype(np.float64)
     a = after[usable].astype(np.float64)
@@ -127,11 +127,25 @@ def _small(array: np.ndarray) -> np.ndarray:
     return shrink(array.astype(np.float32, copy=False), FIT_SIDE)[0]
 
 
+def small_views(image: AnalysisImage) -> tuple[np.ndarray, np.ndarray]:
+    """The image's linear-light and sRGB float views at most FIT_SIDE px on the long side (shared)."""
+    return image.shared(f"color:small@{FIT_SIDE}", lambda: (_small(image.linear), _small(image.rgb)))
+
+
+def small_lab(image: AnalysisImage) -> np.ndarray:
+    """CIELAB of the small sRGB view (shared)."""
+    return image.shared(f"color:small_lab@{FIT_SIDE}", lambda: cv2.cvtColor(small_views(image)[1], cv2.COLOR_RGB2Lab))
+
+
+def _small_region(ctx: CheckContext) -> np.ndarray:
+    return ctx.shared(f"color:small_region@{FIT_SIDE}", lambda: _small(ctx.unedited_region().astype(np.float32)) > 0.5)
+
+
 def measure_white_balance(ctx: CheckContext) -> WhiteBalanceShift:
     """White-balance shift from the source to the candidate on the unedited pixels."""
-    region = _small(ctx.unedited_region().astype(np.float32)) > 0.5
-    gains = fit_gains(_small(ctx.source.linear), _small(ctx.candidate.linear), region,
-                      _small(ctx.source.rgb), _small(ctx.candidate.rgb))
+    region = _small_region(ctx)
+    (source_linear, source_rgb), (candidate_linear, candidate_rgb) = small_views(ctx.source), small_views(ctx.candidate)
+    gains = fit_gains(source_linear, candidate_linear, region, source_rgb, candidate_rgb)
     gains = gains / float(RGB_TO_XYZ[1] @ gains)
     return WhiteBalanceShift(
         gains=tuple(round(float(g), 4) for g in gains),
@@ -145,9 +159,9 @@ def check_color_temperature_drift(ctx: CheckContext, params: ColorParams):
     """White-balance shift against the source: warm/cool in mired, green/magenta in Duv."""
     shift = measure_white_balance(ctx)
     region = ctx.unedited_region()
-    small_region = _small(region.astype(np.float32)) > 0.5
-    lab_before = cv2.cvtColor(_small(ctx.source.rgb), cv2.COLOR_RGB2Lab)[small_region].mean(axis=0)
-    lab_after = cv2.cvtColor(_small(ctx.candidate.rgb), cv2.COLOR_RGB2Lab)[small_region].mean(axis=0)
+    small_region = _small_region(ctx)
+    lab_before = small_lab(ctx.source)[small_region].mean(axis=0)
+    lab_after = small_lab(ctx.candidate)[small_region].mean(axis=0)
     lab_shift = lab_after - lab_before
     evidence = {
         "mired_shift": round(shift.mired, 2),
@@ -157,7 +171,7 @@ def check_color_temperature_drift(ctx: CheckContext, params: ColorParams):
         "channel_gains": list(shift.gains),
         "mean_delta_a": round(float(lab_shift[1]), 3),
         "mean_delta_b": round(float(lab_shift[2]), 3),
-        "compared_fraction": round(float(region.mean()), 4),
+        "compared_fraction": round(share(region), 4),
     }
     warm_excess = abs(shift.mired) / params.mired_threshold
     tint_excess = abs(shift.tint) / params.tint_threshold

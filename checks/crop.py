@@ -414,24 +414,35 @@ def _gray_at(image: AnalysisImage, side: int) -> tuple[np.ndarray, float]:
     return shrink(cv2.cvtColor(image.uint8, cv2.COLOR_RGB2GRAY), side)
 
 
+def orb_features(image: AnalysisImage) -> tuple[np.ndarray, np.ndarray | None, float] | None:
+    """ORB keypoint positions (N x 2, px at MATCH_SIDE), descriptors and the scale of that copy (shared);
+    None for an image under 64 px a side at that size."""
+
+    def compute() -> tuple[np.ndarray, np.ndarray | None, float] | None:
+        gray, scale = _gray_at(image, MATCH_SIDE)
+        if min(gray.shape[:2]) < 64:
+            return None
+        keypoints, descriptors = cv2.ORB_create(nfeatures=1500).detectAndCompute(gray, None)
+        return np.float32([k.pt for k in keypoints]).reshape(-1, 2), descriptors, scale
+
+    return image.shared(f"orb:{MATCH_SIDE}", compute)
+
+
 def reframing(source: AnalysisImage, candidate: AnalysisImage) -> np.ndarray | None:
     """2 x 3 similarity transform from source pixels to candidate pixels when the candidate re-frames
     the source (crop, zoom, shift, outpaint), or None when no such transform explains the pixels."""
-    src, s_scale = _gray_at(source, MATCH_SIDE)
-    dst, d_scale = _gray_at(candidate, MATCH_SIDE)
-    if min(src.shape[:2]) < 64 or min(dst.shape[:2]) < 64:
+    source_features, candidate_features = orb_features(source), orb_features(candidate)
+    if source_features is None or candidate_features is None:
         return None  # ORB's pyramid (8 levels at 1.2, 31-px patches) crashes in resize on a tiny strip
-    orb = cv2.ORB_create(nfeatures=1500)
-    kp1, des1 = orb.detectAndCompute(src, None)
-    kp2, des2 = orb.detectAndCompute(dst, None)
+    (kp1, des1, s_scale), (kp2, des2, d_scale) = source_features, candidate_features
     if des1 is None or des2 is None or len(kp1) < MIN_INLIERS or len(kp2) < MIN_INLIERS:
         return None
     pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(des1, des2, k=2)
     good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < 0.75 * p[1].distance]
     if len(good) < MIN_INLIERS:
         return None
-    a = np.float32([kp1[m.queryIdx].pt for m in good]) / s_scale
-    b = np.float32([kp2[m.trainIdx].pt for m in good]) / d_scale
+    a = kp1[[m.queryIdx for m in good]] / s_scale
+    b = kp2[[m.trainIdx for m in good]] / d_scale
     matrix, inliers = cv2.estimateAffinePartial2D(a, b, method=cv2.RANSAC, ransacReprojThreshold=3.0 / d_scale)
     if matrix is None or inliers is None:
         return None

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from pydantic import Field
 
 from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
 from fixloop.checks.context import AnalysisImage, CheckContext
+from fixloop.checks.geometry import share
 
 CLIPPED_LEVEL = 0.99  # sRGB value at or above which a pixel counts as clipped white (all channels)
 CRUSHED_LEVEL = 0.02  # sRGB value at or below which a pixel counts as crushed black (all channels)
@@ -43,13 +45,33 @@ class ExposureChange:
     crushed_after: float
 
 
+# The same levels for 8-bit pixels: v / 255 (as float32) >= 0.99 from 253 up, <= 0.02 up to 5.
+CLIPPED_LEVEL_8, CRUSHED_LEVEL_8 = 253, 5
+
+
+def clipped_crushed(image: AnalysisImage) -> tuple[np.ndarray, np.ndarray]:
+    """Bool maps of the pixels clipped to white and crushed to black (all three channels); shared."""
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        if image.pixels.dtype == np.uint8:
+            p = image.pixels
+            low = cv2.min(cv2.min(p[..., 0], p[..., 1]), p[..., 2])
+            high = cv2.max(cv2.max(p[..., 0], p[..., 1]), p[..., 2])
+            return low >= CLIPPED_LEVEL_8, high <= CRUSHED_LEVEL_8
+        r, g, b = image.rgb[..., 0], image.rgb[..., 1], image.rgb[..., 2]
+        return (np.minimum(np.minimum(r, g), b) >= CLIPPED_LEVEL,
+                np.maximum(np.maximum(r, g), b) <= CRUSHED_LEVEL)
+
+    return image.shared("exposure:clipped_crushed", compute)
+
+
 def _clipped(image: AnalysisImage, region: np.ndarray) -> tuple[float, float]:
     """Shares of ``region`` clipped to white and crushed to black (all three channels)."""
-    r, g, b = image.rgb[..., 0], image.rgb[..., 1], image.rgb[..., 2]
-    clipped = np.minimum(np.minimum(r, g), b) >= CLIPPED_LEVEL
-    crushed = np.maximum(np.maximum(r, g), b) <= CRUSHED_LEVEL
-    count = max(int(region.sum()), 1)
-    return float((clipped & region).sum()) / count, float((crushed & region).sum()) / count
+    clipped, crushed = clipped_crushed(image)
+    count = max(int(np.count_nonzero(region)), 1)
+    if region.all():
+        return float(np.count_nonzero(clipped)) / count, float(np.count_nonzero(crushed)) / count
+    return float(np.count_nonzero(clipped & region)) / count, float(np.count_nonzero(crushed & region)) / count
 
 
 def measure_exposure(before: AnalysisImage, after: AnalysisImage, region: np.ndarray) -> ExposureChange:
@@ -106,7 +128,7 @@ def check_exposure_drift(ctx: CheckContext, params: ExposureParams):
         "clipped_after": round(change.clipped_after, 5),
         "crushed_before": round(change.crushed_before, 5),
         "crushed_after": round(change.crushed_after, 5),
-        "compared_fraction": round(float(region.mean()), 4),
+        "compared_fraction": round(share(region), 4),
         "baseline": baseline_name,
     }
     if ctx.history:

@@ -19,7 +19,8 @@ texture and specks do not. The score is the share of the boundary length that is
 Boundaries come from, in order: the candidate's alpha channel (the cut-out is measured as it
 would look over a mid-grey backdrop, so a rim of old background that the matte let through shows
 up), the edit mask, or else the image's strongest long edges (Canny). With an aligned source the
-same profiles are measured in the source at the same pixels and only the growth of the bump
+same profiles are measured in the source at the same pixels (L* is computed only where the
+profiles read it) and only the growth of the bump
 counts, so natural overshoot (camera sharpening, rim light, dark outlines that were there before)
 is not reported. Without a source the evidence must be stronger: a larger bump, and on image
 edges the two plateaus must differ by ``min_step`` L* (a real subject/background boundary, not a
@@ -29,6 +30,7 @@ thin line on a flat background) and the fringe must run for ``edge_min_length`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -37,6 +39,7 @@ from pydantic import Field, model_validator
 from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
 from fixloop.checks.context import AnalysisImage, CheckContext
 from fixloop.checks.geometry import disc
+from fixloop.checks.images import as_float
 
 GREY_BACKDROP = 0.5  # sRGB level a cut-out is composited over (L* about 53)
 REFERENCE_SIDE = 1024.0  # px; the offsets in the policy are pixels at this long side
@@ -340,7 +343,10 @@ def is_halo(f: Fringe, m: HaloMeasure, params: HaloParams) -> bool:
 # ---- the check -----------------------------------------------------------------------------
 
 
-def _boundary_for(ctx: CheckContext, params: HaloParams, scale: float, lstar: np.ndarray) -> Boundary | None:
+def _boundary_for(ctx: CheckContext, params: HaloParams, scale: float,
+                  lstar: np.ndarray | Callable[[], np.ndarray]) -> Boundary | None:
+    """The boundary to measure: the alpha edge, else the mask edge, else the strongest image edges
+    (found on the candidate's L*: ``lstar``, or a function giving it, asked for only then)."""
     margin = params.plateau_far_px * scale + 2 * scale + 1
     min_len = params.min_boundary_px * scale
     if ctx.candidate.alpha is not None:
@@ -351,25 +357,49 @@ def _boundary_for(ctx: CheckContext, params: HaloParams, scale: float, lstar: np
         b = region_boundary(ctx.mask, "mask", scale, margin)
         if len(b.ys) >= min_len:
             return b
-    b = edge_boundary(lstar, params, scale, margin)
+    b = edge_boundary(lstar() if callable(lstar) else lstar, params, scale, margin)
     return b if len(b.ys) >= min_len else None
 
 
-def _lstar(image: AnalysisImage) -> np.ndarray:
-    """L* of an image; a cut-out (real transparency) as it looks over mid-grey."""
+def _lstar(image: AnalysisImage, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """L* of an image; a cut-out (real transparency) as it looks over mid-grey. With ``box`` (x0, y0,
+    x1, y1) only the pixels inside it are converted (the colour conversion is per pixel, so they are
+    the whole image's values) and the rest is left 0."""
+    if box is None:
+        if image.alpha is not None:
+            return lightness(_over_grey(image.rgb, image.alpha))
+        return np.ascontiguousarray(image.lab[..., 0])
+    x0, y0, x1, y1 = box
+    out = np.zeros(image.size[::-1], np.float32)
+    rgb = as_float(image.pixels[y0:y1, x0:x1])
     if image.alpha is not None:
-        return lightness(_over_grey(image.rgb, image.alpha))
-    return np.ascontiguousarray(image.lab[..., 0])  # shared with the other checks that use CIELAB
+        rgb = _over_grey(rgb, image.alpha[y0:y1, x0:x1])
+    out[y0:y1, x0:x1] = lightness(np.ascontiguousarray(rgb))
+    return out
+
+
+def sampled_box(boundary: Boundary, params: HaloParams, scale: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The pixels the profiles along ``boundary`` read: every sample (up to the far plateau end along
+    the normal, one line either side, bilinear neighbours) lies inside this box (x0, y0, x1, y1)."""
+    if len(boundary.ys) == 0:
+        return (0, 0, 0, 0)
+    reach = int(np.ceil(params.plateau_far_px * scale + scale + abs(boundary.shift))) + 2
+    w, h = size
+    return (max(0, int(boundary.xs.min()) - reach), max(0, int(boundary.ys.min()) - reach),
+            min(w, int(boundary.xs.max()) + reach + 1), min(h, int(boundary.ys.max()) + reach + 1))
 
 
 def measure_context(ctx: CheckContext, params: HaloParams) -> HaloMeasure:
     """Pick the boundary for this input and measure the fringe along it (raises CheckSkipped)."""
     scale = offset_scale(ctx.size, params)
-    lstar = ctx.shared("edge_halo:lstar", lambda: _lstar(ctx.candidate))
-    boundary = _boundary_for(ctx, params, scale, lstar)
+    whole = lambda: ctx.shared("edge_halo:lstar", lambda: _lstar(ctx.candidate))  # noqa: E731
+    boundary = _boundary_for(ctx, params, scale, whole)
     if boundary is None:
         raise CheckSkipped("no subject boundary long enough to measure (no alpha edge, mask edge or strong edge)")
-    source_lstar = _lstar(ctx.source) if ctx.source is not None and ctx.aligned else None
+    # an alpha or mask boundary reads L* only near itself: convert just those pixels
+    box = None if boundary.kind == "edges" else sampled_box(boundary, params, scale, ctx.size)
+    lstar = whole() if box is None else _lstar(ctx.candidate, box)
+    source_lstar = _lstar(ctx.source, box) if ctx.source is not None and ctx.aligned else None
     return measure_halo(lstar, boundary, params, scale, source_lstar)
 
 

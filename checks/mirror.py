@@ -27,7 +27,8 @@ import numpy as np
 from pydantic import Field
 
 from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
-from fixloop.checks.context import CheckContext
+from fixloop.checks.context import AnalysisImage, CheckContext
+from fixloop.checks.geometry import share
 
 BLUR_SIGMA = 1.0  # px at the thumbnail size, applied before the gradient
 SEARCH_MARGIN = 0.06  # share of each side of the candidate left out so that it can slide over the source
@@ -96,8 +97,17 @@ def measure_mirror(candidate: np.ndarray, source: np.ndarray, side: int,
     size, optional) marks pixels left out of the comparison (the edit mask). Raises
     :class:`CheckSkipped` for a plain image.
     """
-    cand_grey, cand_grad = _thumbnail(candidate, side)
-    src_grey, src_grad = _thumbnail(source, side)
+    return _measure(_thumbnail(candidate, side), _thumbnail(source, side), excluded)
+
+
+def thumbnails(image: AnalysisImage, side: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_thumbnail` of an analysis image's grey view, computed once per image (shared)."""
+    return image.shared(f"mirror:thumbnail:{side}", lambda: _thumbnail(image.gray, side))
+
+
+def _measure(candidate: tuple[np.ndarray, np.ndarray], source: tuple[np.ndarray, np.ndarray],
+             excluded: np.ndarray | None) -> MirrorMatch:
+    (cand_grey, cand_grad), (src_grey, src_grad) = candidate, source
     if float(src_grad.std()) < MIN_STRUCTURE or float(cand_grad.std()) < MIN_STRUCTURE:
         raise CheckSkipped("the image is plain (no edges or shading to compare): left and right cannot be told apart")
     h, w = cand_grey.shape
@@ -109,9 +119,9 @@ def measure_mirror(candidate: np.ndarray, source: np.ndarray, side: int,
         small = cv2.resize(excluded.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA) > 0
         small = small | small[:, ::-1]  # the edit may sit at the mirrored place in a flipped result
         keep = ~small[inner]
-        if keep.mean() >= MIN_COMPARED:
+        if share(keep) >= MIN_COMPARED:
             weights = keep.astype(np.float32)
-            compared = float(keep.mean())
+            compared = share(keep)
     scores = {}
     for name, cand, src in (("grey", cand_grey, src_grey), ("gradient", cand_grad, src_grad)):
         template = np.ascontiguousarray(cand[inner])
@@ -132,7 +142,8 @@ def check_mirrored(ctx: CheckContext, params: MirrorParams):
     excluded = None
     if ctx.mask is not None:
         excluded = ~ctx.unedited_region()
-    match = measure_mirror(ctx.candidate.gray, ctx.source.gray, params.analysis_side, excluded)
+    match = _measure(thumbnails(ctx.candidate, params.analysis_side), thumbnails(ctx.source, params.analysis_side),
+                     excluded)
     evidence = {
         "direct_correlation": round(match.direct, 4),
         "flipped_correlation": round(match.flipped, 4),

@@ -208,6 +208,19 @@ def _hough_histogram(lines: Lines, centre: float, half_width: float, zoom: float
                             sigmaX=HOUGH_SMOOTH_DIST / HOUGH_BIN_DIST, sigmaY=SMOOTH_DEG / HOUGH_BIN_DEG)
 
 
+def _fast_length(n: int) -> int:
+    """The smallest even length >= n whose only prime factors are 2, 3 and 5 (a fast FFT size)."""
+    n = max(2, n + n % 2)
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 2
+
+
 def measure_band(candidate: Lines, source: Lines, centre: float, half_width: float,
                  low: float, high: float) -> Shift:
     """Tilt (°) of the lines near direction ``centre``, searched in [``low``, ``high``].
@@ -217,9 +230,11 @@ def measure_band(candidate: Lines, source: Lines, centre: float, half_width: flo
     """
     rows = round(2 * HOUGH_HALF_RANGE_DEG / HOUGH_BIN_DEG)
     cols = round(2 * HOUGH_HALF_RANGE_DIST / HOUGH_BIN_DIST)
-    size = (2 * rows, 2 * cols)
     turns = np.arange(int(np.floor(low / HOUGH_BIN_DEG)), int(np.ceil(high / HOUGH_BIN_DEG)) + 1)
     moves = np.arange(-round(MAX_FRAME_SHIFT / HOUGH_BIN_DIST), round(MAX_FRAME_SHIFT / HOUGH_BIN_DIST) + 1)
+    # Zero padding by the largest shift searched keeps the circular correlation free of wrap-around
+    # at every shift that is read (the linear correlation), at a fast FFT size.
+    size = (_fast_length(rows + int(np.abs(turns).max())), _fast_length(cols + int(np.abs(moves).max())))
     best = Shift(0.0, 0.0)
     for zoom in ZOOMS:
         # Only the lines both frames can show: a zoom in crops the source's outer lines away, a zoom
