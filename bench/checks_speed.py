@@ -13,6 +13,8 @@ embeddings of face chips it embedded, so a warm check is measured three ways:
 * ``new candidate``: the same source, a new candidate every time (a slightly different drift): the
   source's analyses come from the store. What the repair loop and a server pay per candidate.
 * ``same pair``: the same files again: every analysis comes from the store.
+* ``new pair, local edit``: new images every time, the candidate changed only inside the mask (an
+  honest edit): faces and hands the edit left alone are embedded and detected once (by their pixels).
 
 Per check it prints the medians of the ``new pair`` runs (a model check's time excludes what the
 warm-up thread computed for it meanwhile), and the CPU time of the whole checks beside their wall
@@ -96,21 +98,28 @@ def main() -> None:
         # new candidates against the same source, and new pairs (2n + 1 of each: warm-up and rounds)
         new_candidate = [(_save(folder, f"candidate_d{i}", make_pair(args.photo, 0, i)[2]), same[1])
                          for i in range(1, 2 * n + 2)]
-        new_pair = []
+        new_pair, local_edit = [], []
         for i in range(1, 2 * n + 2):
             s, _, c = make_pair(args.photo, i, i)
             new_pair.append((_save(folder, f"candidate_v{i}", c), _save(folder, f"source_v{i}", s)))
+            s = make_pair(args.photo, 2 * n + 2 + i)[0]
+            edited = s.copy()
+            inside = mask > 0
+            edited[inside] = 255 - edited[inside]
+            local_edit.append((_save(folder, f"candidate_l{i}", edited), _save(folder, f"source_l{i}", s)))
 
         def check(pair):
             return check_files(pair[0], pair[1], mask_path, policy=policy)
 
         check(new_pair.pop())  # warm-up: models loaded, code paths compiled
         per_check: dict[str, list[float]] = {name: [] for name in REGISTRY.names()}
-        wall: dict[str, list[float]] = {"new pair": [], "new candidate": [], "same pair": []}
+        wall: dict[str, list[float]] = {"new pair": [], "new candidate": [], "same pair": [],
+                                        "new pair, local edit": []}
         cpu: dict[str, list[float]] = {key: [] for key in wall}
         check(same)
         for _ in range(n):  # the three ways interleaved, so that they meet the same load
-            for key, pair in (("new pair", new_pair.pop()), ("new candidate", new_candidate.pop()), ("same pair", same)):
+            for key, pair in (("new pair", new_pair.pop()), ("new candidate", new_candidate.pop()), ("same pair", same),
+                              ("new pair, local edit", local_edit.pop())):
                 w, c, report = _timed(lambda: check(pair))
                 wall[key].append(w)
                 cpu[key].append(c)

@@ -8,7 +8,10 @@ the file and says what to do.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,18 +73,53 @@ def load_image(path: str | Path, role: str = "image", max_pixels: int | None = N
             raise InputError(f"{label} is not a file: pass an image file")
     except OSError as exc:  # a name too long, a folder that cannot be read
         raise InputError(f"{label} cannot be read ({exc.strerror or exc}): check the path") from None
-    return _decode(path, label, str(path), max_pixels)
+    try:
+        data = path.read_bytes()
+    except OSError:  # let Pillow say what is wrong, as it always has
+        return _decode(path, label, str(path), max_pixels)
+    return _decode_cached(data, label, str(path), max_pixels)
+
+
+# Decoded files kept by their bytes (the repair loop and a server check many candidates against one
+# source file and one mask): the last few, up to DECODED_KEEP_BYTES of pixels each.
+DECODED_KEEP = 4
+DECODED_KEEP_BYTES = 16 << 20
+_DECODED: OrderedDict[str, DecodedImage] = OrderedDict()
+_DECODED_LOCK = threading.Lock()
+
+
+def _decode_cached(data: bytes, label: str, path: str | None, max_pixels: int | None) -> DecodedImage:
+    """:func:`_decode` of a file's bytes, or the image decoded from the same bytes before (its arrays
+    are read-only: they are shared)."""
+    import hashlib
+    import io
+
+    key = f"{hashlib.sha256(data).hexdigest()}:{int(max_pixels or MAX_PIXELS)}"
+    with _DECODED_LOCK:
+        hit = _DECODED.get(key)
+        if hit is not None:
+            _DECODED.move_to_end(key)
+    if hit is not None:
+        return dataclasses.replace(hit, path=path)
+    decoded = _decode(io.BytesIO(data), label, path, max_pixels)
+    if decoded.pixels.nbytes <= DECODED_KEEP_BYTES and DECODED_KEEP > 0:
+        for array in (decoded.pixels, decoded.alpha):
+            if array is not None:
+                array.setflags(write=False)
+        with _DECODED_LOCK:
+            _DECODED[key] = decoded
+            while len(_DECODED) > DECODED_KEEP:
+                _DECODED.popitem(last=False)
+    return decoded
 
 
 def load_image_bytes(data: bytes, role: str = "image", name: str = "upload",
                      max_pixels: int | None = None) -> DecodedImage:
     """Decode an image held in memory (an upload, a chat attachment) exactly as :func:`load_image`
     decodes a file; ``name`` stands for it in messages and reports."""
-    import io
-
     if not data:
         raise InputError(f"{role} {name!r} is empty: send the image file's bytes")
-    return _decode(io.BytesIO(data), f"{role} {name!r}", None, max_pixels)
+    return _decode_cached(bytes(data), f"{role} {name!r}", None, max_pixels)
 
 
 def check_shape(size: tuple[int, int], label: str) -> None:
