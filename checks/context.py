@@ -101,7 +101,7 @@ class AnalysisStore:
     the pixels alone, so a stored result is the one a new run would compute. Bounded: the analyses
     of at most ``images`` images are kept, least recently used dropped first. Thread-safe."""
 
-    def __init__(self, images: int = 6):
+    def __init__(self, images: int = 4):
         self._images = Memo(images)
         self._lock = threading.Lock()
 
@@ -135,7 +135,7 @@ class AnalysisStore:
 
 
 # The process's store (``STORE.images = 0`` turns it off; ``STORE.clear()`` empties it).
-STORE = AnalysisStore()
+STORE = AnalysisStore(4)
 
 
 class AnalysisImage:
