@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import operator
 import os
-import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -845,9 +844,9 @@ class Conversation:
             answer = chat.send("check this", [Attachment(path="edit.png")])
     """
 
-    def __init__(self, conversation_id: str, graph, conn, context: ConversationContext, settings: dict[str, Any]):
+    def __init__(self, conversation_id: str, graph, context: ConversationContext, settings: dict[str, Any]):
         self.conversation_id = conversation_id
-        self._graph, self._conn, self.context, self._settings = graph, conn, context, settings
+        self._graph, self.context, self._settings = graph, context, settings
         self.config = {"configurable": {"thread_id": THREAD_PREFIX + conversation_id}, "recursion_limit": 200}
 
     @classmethod
@@ -856,28 +855,14 @@ class Conversation:
              model: str | None = None, max_usd: float | None = None, parser: Parser | None = None,
              progress: Progress | None = None, db: str | Path | None = None,
              policy: str | Path | None = None) -> Iterator["Conversation"]:
-        from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-        from langgraph.checkpoint.sqlite import SqliteSaver
+        from fixloop.agent.runner import open_checkpointer
 
-        from fixloop.agent.runner import HOME_ENV, checkpoint_path
-
-        path = Path(db) if db is not None else checkpoint_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-        try:
-            saver = SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
-            try:
-                saver.setup()
-            except sqlite3.DatabaseError as exc:
-                raise InputError(f"{path} is not a fixloop checkpoint file ({exc}): move it away, or set "
-                                 f"{HOME_ENV} to another folder") from None
+        with open_checkpointer(db, CHECKPOINT_TYPES) as saver:
             graph = build_graph().compile(checkpointer=saver)
             context = ConversationContext(parse=parser or parse_rules, progress=progress, db=db, policy=policy)
             settings = {"out_dir": str(Path(out_dir or Path("fixloop-chat") / conversation_id).resolve()),
                         "backend": backend, "model": model, "max_usd": max_usd}
-            yield cls(conversation_id, graph, conn, context, settings)
-        finally:
-            conn.close()
+            yield cls(conversation_id, graph, context, settings)
 
     @property
     def backend(self) -> str:

@@ -44,8 +44,9 @@ def new_run_id() -> str:
 
 
 @contextmanager
-def open_graph(db: str | Path | None = None) -> Iterator[Any]:
-    """The compiled graph with its SQLite checkpointer (closed on exit)."""
+def open_checkpointer(db: str | Path | None = None, types: list[tuple[str, str]] = CHECKPOINT_TYPES) -> Iterator[Any]:
+    """A LangGraph SQLite checkpointer on the run database (WAL, busy timeout; closed on exit) whose
+    serializer loads only ``types``. The repair loop and the conversation graph both use it."""
     from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
     from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -53,15 +54,22 @@ def open_graph(db: str | Path | None = None) -> Iterator[Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = _connect(path, check_same_thread=False)
     try:
-        saver = SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=CHECKPOINT_TYPES))
+        saver = SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=types))
         try:
             saver.setup()
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{path} is not a fixloop checkpoint file ({exc}): move it away, or set "
                              f"{HOME_ENV} to another folder") from None
-        yield build_graph().compile(checkpointer=saver)
+        yield saver
     finally:
         conn.close()
+
+
+@contextmanager
+def open_graph(db: str | Path | None = None) -> Iterator[Any]:
+    """The compiled repair graph with its SQLite checkpointer (closed on exit)."""
+    with open_checkpointer(db) as saver:
+        yield build_graph().compile(checkpointer=saver)
 
 
 BUSY_TIMEOUT_S = 60.0  # another process (a second repair, `fixloop runs`) holding the write lock: wait, don't fail
