@@ -260,7 +260,8 @@ def gate_policy(policy: str | Path | None, fail_on: Sequence[str] | None = None)
 
     loaded = resolve_policy(policy)
     if fail_on is not None:
-        loaded = loaded.model_copy(update={"gate": GateRules(fail_on=list(fail_on))})
+        rules = GateRules(fail_on=list(fail_on), count_inherited=loaded.gate.count_inherited)
+        loaded = loaded.model_copy(update={"gate": rules})
     return loaded
 
 

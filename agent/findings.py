@@ -37,7 +37,7 @@ def _overlap(a: Sequence[int], b: Sequence[int]) -> float:
     return inter / smaller if smaller > 0 else 0.0
 
 
-def _same_place(a: Sequence[int] | None, b: Sequence[int] | None) -> bool:
+def same_place(a: Sequence[int] | None, b: Sequence[int] | None) -> bool:
     """Both whole-image, or regions that overlap by ``SAME_REGION_OVERLAP``."""
     if a is None or b is None:
         return a is None and b is None
@@ -59,7 +59,7 @@ def match_keys(findings: Sequence[Finding], previous: Sequence[FindingRecord]) -
         for old in previous:
             if old.kind != finding.kind or old.key in taken:
                 continue
-            if _same_place(box, old.box):
+            if same_place(box, old.box):
                 key = old.key
                 break
         if key is None:
@@ -92,7 +92,7 @@ def still_open(defects: Mapping[str, OpenDefect],
         if key in kept:
             continue
         match = next((f for f in findings if f.kind == defect.kind and f.key not in kept
-                      and f.key not in defects and _same_place(f.box, defect.box)), None)
+                      and f.key not in defects and same_place(f.box, defect.box)), None)
         if match is None:
             gone.append(defect)
         else:
@@ -121,6 +121,7 @@ def record_findings(findings: Sequence[Finding], previous: Sequence[FindingRecor
             box=None if finding.region is None else finding.region.box,
             mask_file=mask_file,
             evidence=plain_data(finding.evidence),
+            inherited=finding.inherited,
         ))
     return records
 

@@ -43,7 +43,7 @@ from fixloop.agent.planner import PlanContext, find_fallback, plan_repair
 from fixloop.agent.state import (Attempt, AttemptCause, MaskSource, OpenCause, OpenDefect, Outcome, RunState,
                                  Spend, StopReason)
 from fixloop.agent.triage import restrict, triage as choose_next
-from fixloop.agent.verify import judge, outside_change
+from fixloop.agent.verify import changed_pixels, judge, outside_change
 from fixloop.checks.images import InputError
 from fixloop.tools.base import backend_for_tool, load_tool
 
@@ -75,14 +75,16 @@ def inspect(state: RunState, runtime: Runtime[RunContext]) -> dict:
     check_seconds = time.perf_counter() - t0
     findings = record_findings(report.findings, [], ctx.files, "work/pass-00")
     ctx.tell("inspect", findings=findings, verdict=report.verdict)
-    return {"current_image": image_path, "findings": findings, "verdict": report.verdict,
+    return {"current_image": image_path, "findings": findings, "input_findings": findings, "verdict": report.verdict,
             "check_notes": _check_notes(report), "spend": _spend(state, started, check_seconds=check_seconds)}
 
 
 def triage(state: RunState, runtime: Runtime[RunContext]) -> dict:
     started = time.perf_counter()
     ctx = runtime.context
-    result = choose_next(restrict(state.findings, state.inputs.only_kinds, state.inputs.skip_kinds), state.open_defects, [p.value for p in ctx.policy.gate.fail_on],
+    findings = restrict(state.findings, state.inputs.only_kinds, state.inputs.skip_kinds,
+                        inherited=ctx.policy.gate.count_inherited)
+    result = choose_next(findings, state.open_defects, [p.value for p in ctx.policy.gate.fail_on],
                          state.inputs.polish, state.budget, state.spend, state.verdict)
     update: dict[str, Any] = {"target": result.target, "plan": None, "held_back": result.blocked}
     if result.stop is not None:
@@ -98,7 +100,8 @@ def _unasked(sentence: str, stop: StopReason, state: RunState, ctx: RunContext) 
     to repair, so a "clean" run never reads as a clean image when the checks still find some."""
     fail_on = [p.value for p in ctx.policy.gate.fail_on]
     asked = {f.key for f in restrict(state.findings, state.inputs.only_kinds, state.inputs.skip_kinds)}
-    others = sorted({f.kind for f in state.findings if f.priority in fail_on and f.key not in asked})
+    others = sorted({f.kind for f in state.findings if f.priority in fail_on and f.key not in asked
+                     and (ctx.policy.gate.count_inherited or not f.inherited)})
     if stop != StopReason.clean or not others:
         return sentence
     return f"clean: no P0/P1 defect of the kinds asked for left ({', '.join(others)} not asked for)"
@@ -341,17 +344,21 @@ def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
         attempt.findings_after = [f.brief() for f in after]
         attempt.check_seconds = round(check_seconds, 4)
         settings = ctx.policy.repair
+        input_findings = _moved(state.input_findings, attempt, after_image)
         verdict = judge(attempt.plan, before, after, [p.value for p in ctx.policy.gate.fail_on],
-                        settings.min_improvement, settings.worse_factor, report.verdict, spill)
+                        settings.min_improvement, settings.worse_factor, report.verdict, spill,
+                        input_findings=input_findings, changed=changed_pixels(before_image, after_image))
         attempt.outcome = Outcome.accepted if verdict.accepted else Outcome.rolled_back
         attempt.cause, attempt.reason = verdict.cause, verdict.reason
         attempt.notes.extend(verdict.notes)
+        attempt.side_effects = verdict.side_effects
         if verdict.accepted:
             # what was left open (or held back) is judged again on the new image: a defect the checks
             # no longer find is no longer open
             open_defects, gone = still_open(_moved_open(state.open_defects, attempt, after_image), after)
             held_back, released = still_open(_moved_open(state.held_back, attempt, after_image), after)
-            update.update(current_image=attempt.image, findings=after, verdict=report.verdict,
+            update.update(current_image=attempt.image, findings=after, input_findings=input_findings,
+                          verdict=report.verdict,
                           check_notes=_check_notes(report), canvas_pad=pad,
                           open_defects=open_defects, held_back=held_back)
             closed = [*gone, *released]

@@ -108,6 +108,7 @@ class FindingRecord(BaseModel):
     box: list[int] | None = None
     mask_file: str | None = None  # PNG in the run folder, candidate pixels, white = the defect
     evidence: dict[str, Any] = Field(default_factory=dict)
+    inherited: bool = False  # the source has it in the same way: not a target, holds nothing back
 
     def brief(self) -> dict[str, Any]:
         """The part a report needs to compare before and after."""
@@ -177,6 +178,28 @@ class AttemptCause(str, Enum):
     not_verified = "not_verified"  # the run stopped (step limit) between the tool call and verify
 
 
+class SideEffectRule(str, Enum):
+    """Which rule of verify decided about a finding that was not there before an attempt."""
+
+    caused = "caused"  # new, P0/P1, where the repair changed pixels: the repair made it (rolled back)
+    inherited = "inherited"  # the source has it in the same way: not the edit's, not the repair's
+    in_input = "in_input"  # the run's input already had it at the same place
+    untouched = "untouched"  # the repair did not change the pixels of its region: it cannot have caused it
+    traded = "traded"  # a P2 side effect of a repair that removed its target: accepted, reported
+
+
+class SideEffect(BaseModel):
+    """A finding after an attempt that the image before it did not have, and what verify made of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    kind: str
+    priority: str
+    rule: SideEffectRule
+    worse: bool = False  # a finding that was there and got worse (a P2 traded), not a new one
+
+
 class OpenCause(str, Enum):
     """Why a defect stays open. Control flow reads this, never the ``reason`` sentence."""
 
@@ -233,6 +256,7 @@ class Attempt(BaseModel):
     cause: AttemptCause | None = None  # why, typed (None until the attempt is judged)
     reason: str = ""  # why, in words
     notes: list[str] = Field(default_factory=list)
+    side_effects: list[SideEffect] = Field(default_factory=list)  # findings new or worse after it, and the rule applied
 
 
 class OpenDefect(BaseModel):
@@ -261,6 +285,7 @@ class RunState(BaseModel):
     current_image: str | None = None  # the accepted image so far (file in the run folder, or the input)
     canvas_pad: dict[str, int] = Field(default_factory=dict)  # px accepted outpaints added per side: where the input sits now
     findings: list[FindingRecord] = Field(default_factory=list)  # of the current image
+    input_findings: list[FindingRecord] = Field(default_factory=list)  # of the run's input, placed on the current image
     verdict: str | None = None  # of the current image: pass | fail | error
     check_notes: list[str] = Field(default_factory=list)  # checks that were skipped or errored, and why
     target: FindingRecord | None = None
@@ -309,5 +334,5 @@ def repair_schema_text() -> str:
 
 # Every class a checkpoint may hold; the checkpointer refuses to load any other.
 CHECKPOINT_TYPES = [(__name__, cls.__name__) for cls in (
-    Budget, Spend, RunInputs, FindingRecord, MaskSource, RepairPlan, Outcome, AttemptCause, Attempt, OpenCause,
+    Budget, Spend, RunInputs, FindingRecord, MaskSource, RepairPlan, Outcome, AttemptCause, SideEffectRule, SideEffect, Attempt, OpenCause,
     OpenDefect, StopReason, RunState)]

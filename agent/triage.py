@@ -104,11 +104,14 @@ def triage(findings: list[FindingRecord], open_defects: dict[str, OpenDefect], f
 
 
 def restrict(findings: list[FindingRecord], only_kinds: list[str] | None,
-             skip_kinds: list[str] = ()) -> list[FindingRecord]:
-    """The findings a run restricted to some defect kinds may repair: those of ``only_kinds`` (all
-    when None) and none of ``skip_kinds``. The others stay on the image and in the report."""
+             skip_kinds: list[str] = (), inherited: bool = False) -> list[FindingRecord]:
+    """The findings a run may repair: those of ``only_kinds`` (all when None), none of ``skip_kinds``,
+    and none the source already had (``inherited``) unless ``inherited`` is true (the policy's
+    ``gate.count_inherited``): a defect the edit did not make is neither a target nor a reason to
+    hold a detail repair back. The others stay on the image and in the report."""
     return [f for f in findings
-            if (only_kinds is None or f.kind in only_kinds) and f.kind not in skip_kinds]
+            if (only_kinds is None or f.kind in only_kinds) and f.kind not in skip_kinds
+            and (inherited or not f.inherited)]
 
 
 def _against_source(record: FindingRecord) -> bool:

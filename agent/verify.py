@@ -9,8 +9,22 @@ An attempt is accepted only when all of these hold:
 3. its target is gone, or clearly improved: at least ``min_improvement`` of the finding's excess
    past its limit was removed, on the same measure (a finding now judged against another limit, say
    a soft region that became a soft picture, is not counted as improved);
-4. no new P0/P1 finding appeared, and no finding already there (the pass's other targets included)
-   got ``worse_factor`` times worse.
+4. the repair caused no new P0/P1 defect, and no P0/P1 finding already there (the pass's other
+   targets included; not one the source has, ``inherited``) got ``worse_factor`` times worse.
+
+A defect is new only if the repair caused it. A finding after the attempt is the same defect as one
+before it when it has the same kind at the same place (regions matched by overlap, not by exact
+key: :func:`agent.findings.match_keys`). A finding with no such partner is judged by these rules,
+in order, and the attempt records which one decided (:class:`~agent.state.SideEffect`):
+
+- ``inherited``: the source has it in the same way (the check says so): not the edit's, nor the repair's;
+- ``in_input``: the run's input had it at the same place (a soft patch the input already had is
+  not the repair's doing, even when an earlier pass hid it for a while);
+- ``untouched``: the repair changed less than ``UNTOUCHED_SHARE`` of the pixels of its region (outside
+  its mask, say): a repair cannot create a defect where it did not change the picture;
+- ``traded``: it is a P2 (or a P2 that got worse): the repair removed a P0/P1 target, so the P2 is
+  accepted and reported as the price of the fix;
+- ``caused``: otherwise. A P0/P1 the repair caused rolls the attempt back (``new_defect``).
 
 A generative repair whose outside could not be checked is not accepted either: when the
 ``mask_spill`` measure cannot run (no mask, a mask that leaves too little of the picture to compare,
@@ -32,13 +46,17 @@ from typing import Sequence
 
 import numpy as np
 
-from fixloop.agent.findings import severity
-from fixloop.agent.state import AttemptCause, FindingRecord, MaskSource, RepairPlan
+from fixloop.agent.findings import same_place, severity
+from fixloop.agent.state import AttemptCause, FindingRecord, MaskSource, RepairPlan, SideEffect, SideEffectRule
 from fixloop.checks.policy import Policy
 
 # A mask covering at least this share of the picture leaves nothing worth comparing outside it.
 WHOLE_IMAGE_SHARE = 0.98
 WHOLE_IMAGE_NOTE = "whole-image repair: nothing outside the mask to protect"
+# A pixel changed when one of its channels moved by more than this (8-bit levels; PNG steps are exact).
+CHANGED_LEVEL = 2
+# A region the repair changed less than this share of is untouched by it.
+UNTOUCHED_SHARE = 0.01
 
 
 @dataclass
@@ -47,6 +65,7 @@ class Judgement:
     cause: AttemptCause
     reason: str
     notes: list[str] = field(default_factory=list)
+    side_effects: list[SideEffect] = field(default_factory=list)
 
 
 class SpillStatus(str, Enum):
@@ -96,10 +115,46 @@ def outside_change(before: np.ndarray, after: np.ndarray, mask: np.ndarray | Non
     return Spill(SpillStatus.spilled, found[0].message)
 
 
+def changed_pixels(before: np.ndarray, after: np.ndarray) -> np.ndarray | None:
+    """Where the attempt changed the picture (bool, after's size), or None when the two do not line
+    up pixel for pixel (a grown canvas): then every pixel counts as changed."""
+    if before.shape[:2] != after.shape[:2]:
+        return None
+    a, b = before[..., :3].astype(np.int16), after[..., :3].astype(np.int16)
+    return np.abs(a - b).max(axis=2) > CHANGED_LEVEL
+
+
+def _touched(box: list[int] | None, changed: np.ndarray | None) -> bool:
+    if changed is None:
+        return True
+    if box is None:
+        return bool(changed.mean() >= UNTOUCHED_SHARE)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    patch = changed[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
+    return patch.size == 0 or bool(patch.mean() >= UNTOUCHED_SHARE)
+
+
+def side_effect_rule(finding: FindingRecord, fail_on: list[str], input_findings: Sequence[FindingRecord],
+                     changed: np.ndarray | None) -> SideEffectRule:
+    """Which rule decides about ``finding``, found after an attempt and not before it (module docstring)."""
+    if finding.inherited:
+        return SideEffectRule.inherited
+    if any(f.kind == finding.kind and same_place(f.box, finding.box) for f in input_findings):
+        return SideEffectRule.in_input
+    if not _touched(finding.box, changed):
+        return SideEffectRule.untouched
+    if finding.priority not in fail_on:
+        return SideEffectRule.traded
+    return SideEffectRule.caused
+
+
 def judge(plan: RepairPlan, before: Sequence[FindingRecord], after: Sequence[FindingRecord], fail_on: list[str],
-          min_improvement: float, worse_factor: float, verdict: str, spill: Spill | None) -> Judgement:
+          min_improvement: float, worse_factor: float, verdict: str, spill: Spill | None,
+          input_findings: Sequence[FindingRecord] = (), changed: np.ndarray | None = None) -> Judgement:
     """Accept or reject one attempt (see the module docstring for the rules, in order). ``spill`` is
-    None when the repair was not asked to keep the pixels outside a mask (a local, deterministic tool)."""
+    None when the repair was not asked to keep the pixels outside a mask (a local, deterministic tool);
+    ``input_findings`` are the run input's findings placed on this image; ``changed`` is where the
+    attempt changed the picture (:func:`changed_pixels`; None: everywhere)."""
     if verdict == "error":
         return Judgement(False, AttemptCause.check_error, "a check failed on the output, so it cannot be judged")
     notes: list[str] = []
@@ -140,14 +195,37 @@ def judge(plan: RepairPlan, before: Sequence[FindingRecord], after: Sequence[Fin
                          f"no progress: {target.kind} {now}, not {min_improvement:.0%} of the way back "
                          "inside its limit", notes)
 
-    appeared = [f for f in after if f.key not in before_by_key and f.priority in fail_on]
-    if appeared:
-        names = ", ".join(f"{f.kind} ({f.priority}, {f.score:g} {f.unit})" for f in appeared)
-        return Judgement(False, AttemptCause.new_defect, f"new defect: {names} appeared ({'; '.join(progress)})", notes)
+    effects = [SideEffect(key=f.key, kind=f.kind, priority=f.priority,
+                          rule=side_effect_rule(f, fail_on, input_findings, changed))
+               for f in after if f.key not in before_by_key]
     worse = [(before_by_key[f.key], f) for f in after
-             if f.key in before_by_key and (f.threshold, f.unit) == (before_by_key[f.key].threshold, before_by_key[f.key].unit)
+             if f.key in before_by_key and not f.inherited and (f.threshold, f.unit) == (before_by_key[f.key].threshold, before_by_key[f.key].unit)
              and severity(f) > worse_factor * severity(before_by_key[f.key])]
-    if worse:
-        names = ", ".join(f"{old.kind} {old.score:g} -> {new.score:g} {new.unit}" for old, new in worse)
-        return Judgement(False, AttemptCause.made_worse, f"made worse: {names} ({'; '.join(progress)})", notes)
-    return Judgement(True, AttemptCause.accepted, "; ".join(progress), notes)
+    effects += [SideEffect(key=new.key, kind=new.kind, priority=new.priority, worse=True,
+                           rule=SideEffectRule.caused if new.priority in fail_on else SideEffectRule.traded)
+                for old, new in worse]
+    notes += [_effect_note(e) for e in effects if e.rule != SideEffectRule.caused]
+    caused = [f for f in after if f.key not in before_by_key and f.priority in fail_on
+              and any(e.key == f.key and e.rule == SideEffectRule.caused and not e.worse for e in effects)]
+    if caused:
+        names = ", ".join(f"{f.kind} ({f.priority}, {f.score:g} {f.unit})" for f in caused)
+        return Judgement(False, AttemptCause.new_defect, f"new defect: {names} appeared ({'; '.join(progress)})",
+                         notes, effects)
+    made_worse = [(old, new) for old, new in worse if new.priority in fail_on]
+    if made_worse:
+        names = ", ".join(f"{old.kind} {old.score:g} -> {new.score:g} {new.unit}" for old, new in made_worse)
+        return Judgement(False, AttemptCause.made_worse, f"made worse: {names} ({'; '.join(progress)})", notes, effects)
+    return Judgement(True, AttemptCause.accepted, "; ".join(progress), notes, effects)
+
+
+EFFECT_WORDS = {
+    SideEffectRule.inherited: "not counted: the source has it in the same way",
+    SideEffectRule.in_input: "not counted: the run's input already had it there",
+    SideEffectRule.untouched: "not counted: the repair did not change the pixels of its region",
+    SideEffectRule.traded: "accepted as the price of the fix (a P2 side effect)",
+}
+
+
+def _effect_note(effect: SideEffect) -> str:
+    what = "got worse" if effect.worse else "appeared"
+    return f"{effect.kind} ({effect.priority}) {what}: {EFFECT_WORDS[effect.rule]} [{effect.rule.value}]"

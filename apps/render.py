@@ -29,9 +29,11 @@ def _say(console: Console, line: str, style: str = "") -> None:
 def print_verdict(report: Report, console: Console | None = None) -> None:
     """The one line ``--quiet`` prints."""
     console = console or Console()
-    counts = {p: sum(1 for f in report.findings if f.priority.value == p) for p in ("P0", "P1", "P2")}
+    counts = {p: sum(1 for f in report.findings if f.priority.value == p and not f.inherited) for p in ("P0", "P1", "P2")}
+    inherited = sum(1 for f in report.findings if f.inherited)
+    tail = f" · {inherited} inherited" if inherited else ""
     line = Text.assemble(("verdict: ", ""), (report.verdict.upper(), VERDICT_STYLE[report.verdict]),
-                         f"  P0 {counts['P0']} · P1 {counts['P1']} · P2 {counts['P2']}  ({report.seconds:.2f} s)")
+                         f"  P0 {counts['P0']} · P1 {counts['P1']} · P2 {counts['P2']}{tail}  ({report.seconds:.2f} s)")
     console.print(line, soft_wrap=True)
 
 
@@ -68,7 +70,10 @@ def print_report(report: Report, console: Console | None = None) -> None:
                 console.print(line, soft_wrap=True)
                 for text in wrap(rest, width, 6):
                     _say(console, text)
-            for text in wrap(finding.message, width, 6):
+            message = finding.message
+            if finding.inherited:
+                message = f"(inherited: the source has it too; not counted) {message}"
+            for text in wrap(message, width, 6):
                 _say(console, text)
     else:
         _say(console, "no defects found by the checks that ran")

@@ -123,6 +123,9 @@ class Finding(BaseModel):
     region: Region | None = None
     evidence: dict[str, Any] = Field(default_factory=dict, description="the numbers behind the finding")
     check: str = Field(description="registry name of the check that reported it")
+    inherited: bool = Field(default=False, description="the source has this defect in the same way (its own "
+                            "framing, a hand it already had): not the edit's doing, so it does not count "
+                            "toward the verdict unless the policy's gate.count_inherited says so")
     # Full-resolution mask of the region (candidate pixels); written to a PNG by the report writer.
     mask: SkipJsonSchema[np.ndarray | None] = Field(default=None, exclude=True, repr=False)
 
@@ -156,6 +159,10 @@ class CheckSpec:
     params_model: type[CheckParams]
     requires: tuple[str, ...] = ()
     description: str = ""
+    # Judge the source alone too, and mark a finding the source has at the same place as inherited
+    # (for checks that judge the candidate on its own, such as hands; checks that compare with the
+    # source already know what the source had).
+    inheritable: bool = False
 
     @property
     def kind(self) -> DefectKind:
@@ -184,11 +191,14 @@ def register_check(
     name: str,
     params: type[CheckParams],
     requires: tuple[str, ...] = (),
+    inheritable: bool = False,
 ) -> Callable[[CheckFunction], CheckFunction]:
     """Decorator: register ``function`` as the check for defect kind ``name``.
 
     ``requires`` lists inputs the check cannot run without (``"source"``, ``"mask"``,
     ``"references"``, ``"history"``); when one is missing the check is reported as skipped.
+    ``inheritable``: with a source, the engine also runs the check on the source alone and marks the
+    candidate's findings the source has at the same place as ``inherited``.
     """
 
     def decorate(function: CheckFunction) -> CheckFunction:
@@ -198,6 +208,7 @@ def register_check(
                 function=function,
                 params_model=params,
                 requires=requires,
+                inheritable=inheritable,
                 description=(function.__doc__ or "").strip().splitlines()[0] if function.__doc__ else "",
             )
         )
@@ -217,6 +228,7 @@ def make_finding(
     region: Region | None = None,
     evidence: dict[str, Any] | None = None,
     mask: np.ndarray | None = None,
+    inherited: bool = False,
 ) -> Finding:
     """Build a finding for defect kind ``name`` with the stage and template of the failure library."""
     kind = DEFECT_KINDS[name]
@@ -233,4 +245,5 @@ def make_finding(
         evidence=evidence or {},
         check=name,
         mask=mask,
+        inherited=inherited,
     )

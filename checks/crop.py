@@ -67,8 +67,14 @@ source's landmarks and faces, measured on the whole person, are mapped into the 
 judged there as well: this is the clearest case, a person whole in the source and cut in the
 candidate, and it holds even when the cut person is no longer found in the candidate at all. The
 source is also judged in its own frame: a part cut in the candidate that was whole in the source is
-named (``whole_in_source``), and a part already cut in the source is not the edit's doing and is
-reported only when ``report_cut_in_source`` is true.
+named (``whole_in_source``). A part already cut in the source is not the edit's doing: when the
+candidate keeps the source's frame (no re-framing, or one within ``SAME_FRAME_SCALE`` /
+``SAME_FRAME_SHIFT`` of the identity), every cut is the source's unless the source held that part
+*clearly* whole (seen, with under ``CLEARLY_WHOLE`` of the limit beyond that edge: a part on the limit
+in the source must not flip with a light change); when it re-frames, a cut is the source's when the
+source had that part cut. Such cuts alone give a finding marked ``inherited``, which does not count
+toward the verdict (policy ``gate.count_inherited``); with new cuts, the finding names the new ones
+and lists the others under ``cut_in_source``.
 
 Repair input. The evidence carries, per cut edge, how far to extend the canvas so that the cut parts'
 full extents fit with ``margin_heads`` head heights (3.6 eye-to-mouth distances) of room:
@@ -116,6 +122,11 @@ SHOULDERS_PER_HEAD = 1.3  # shoulder-joint width in head heights (head scale whe
 MATCH_SIDE = 640  # px; long side at which source and candidate features are matched
 MIN_INLIERS = 40  # RANSAC inliers a re-framing needs
 MIN_INLIER_SHARE = 0.3  # ... and this share of the ratio-test matches
+# Same framing: a cut is the edit's only when the source held the part with less than this share of
+# the cut limit beyond that edge (hysteresis, so a part on the limit in the source does not flip).
+CLEARLY_WHOLE = 0.5
+# A re-framing transform this close to the identity (scale, shift as a share of the side) is the same frame.
+SAME_FRAME_SCALE, SAME_FRAME_SHIFT = 0.02, 0.01
 
 
 class CropParams(CheckParams):
@@ -133,7 +144,6 @@ class CropParams(CheckParams):
     hands_at_bottom: bool
     main_face_ratio: float = Field(gt=0, le=1, description="face width share of the largest face")
     margin_heads: float = Field(ge=0, description="head heights of room added beyond a cut part")
-    report_cut_in_source: bool
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,13 @@ class PersonParts:
     cuts: list[PartCut] = field(default_factory=list)
     whole: set[tuple[str, str]] = field(default_factory=set)  # (person, part) seen whole in the frame
     people: int = 0
+    # (person, part) -> edge -> share of the part beyond that edge, for every part seen in the frame
+    shares: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+
+    def clearly_whole(self, person: str, part: str, edge: str, threshold: float) -> bool:
+        """Seen, with at most ``CLEARLY_WHOLE`` of the cut limit beyond ``edge``: whole with room to spare."""
+        shares = self.shares.get((person, part))
+        return shares is not None and shares[edge] < CLEARLY_WHOLE * threshold
 
 
 # ---- geometry ------------------------------------------------------------------------------------
@@ -292,6 +309,8 @@ def _judge(parts: PersonParts, person: str, part: str, extent, full, threshold: 
            margin: float, measured_by: str, edges=EDGES) -> bool:
     """Record ``part`` as cut at every edge where enough of it is outside (or as whole); True if cut."""
     shares = _outside(extent, parts.size)
+    if seen:
+        parts.shares[(person, part)] = shares
     cut = False
     for edge in edges:
         if seen and shares[edge] >= threshold:
@@ -502,7 +521,7 @@ def extension(cuts: list[PartCut], size: tuple[int, int]) -> dict[str, float]:
 @dataclass
 class CropMeasure:
     cuts: list[PartCut]
-    inherited: list[PartCut]  # cut in the candidate and already in the source
+    inherited: list[PartCut]  # cut in the candidate and already in the source (not in ``cuts``)
     whole_in_source: list[PartCut]
     people: int
     reframed: bool | None  # None without a source
@@ -528,9 +547,13 @@ def measure_crop(ctx: CheckContext, params: CropParams) -> CropMeasure:
                 cuts.setdefault(cut.key, cut)
             people = max(people, mapped.people)
         source_cut = {(c.person, c.part) for c in source_parts.cuts}
-        inherited = [c for c in cuts.values() if (c.person, c.part) in source_cut]
-        if not params.report_cut_in_source:
-            cuts = {k: c for k, c in cuts.items() if (c.person, c.part) not in source_cut}
+        if matrix is None or _same_frame(matrix, ctx.size):
+            # The frame did not move: its cuts are the source's unless the source held the part clearly whole.
+            inherited = [c for c in cuts.values()
+                         if not source_parts.clearly_whole(c.person, c.part, c.edge, c.threshold)]
+        else:
+            inherited = [c for c in cuts.values() if (c.person, c.part) in source_cut]
+        cuts = {k: c for k, c in cuts.items() if c not in inherited}
     if people == 0:
         raise CheckSkipped("no person found (no pose, no face" + (", none in the source either)" if source is
                                                                   not None else ")") + ": nothing to judge")
@@ -544,11 +567,19 @@ def measure_crop(ctx: CheckContext, params: CropParams) -> CropMeasure:
                        reframed=reframed, mask_at_edge=mask_at_edge)
 
 
+def _same_frame(matrix: np.ndarray, size: tuple[int, int]) -> bool:
+    """A source-to-candidate similarity transform that leaves the frame where it was."""
+    scale = float(np.hypot(matrix[0, 0], matrix[1, 0]))
+    return (abs(scale - 1.0) <= SAME_FRAME_SCALE and abs(matrix[0, 2]) <= SAME_FRAME_SHIFT * size[0]
+            and abs(matrix[1, 2]) <= SAME_FRAME_SHIFT * size[1])
+
+
 @register_check("subject_cropped", CropParams)
 def check_subject_cropped(ctx: CheckContext, params: CropParams):
     """A main person's face, hands, feet or torso cut by the frame border; canvas extension per side."""
     measure = measure_crop(ctx, params)
-    cuts = measure.cuts
+    inherited = not measure.cuts
+    cuts = measure.cuts or measure.inherited
     if not cuts:
         return []
     s = ctx.scale_to_candidate
@@ -567,6 +598,8 @@ def check_subject_cropped(ctx: CheckContext, params: CropParams):
     grow_text = ", ".join(f"{e} by {extend[e]} px ({extend_fraction[e]:.0%})" for e in edges)
     whole_names = sorted({f"{c.person}: {c.part}" for c in measure.whole_in_source})
     tail = ", whole in the source" if whole_names else ""
+    if inherited:
+        tail = ", as the source's frame already did"
     message = f"The frame cuts {_describe(cuts)}{tail}: extend the canvas {grow_text}."
     evidence = {
         "edges": edges,
@@ -583,7 +616,7 @@ def check_subject_cropped(ctx: CheckContext, params: CropParams):
         evidence["cut_in_source"] = sorted({f"{c.person}: {c.part}" for c in measure.inherited})
     return [make_finding("subject_cropped", params, score=worst.outside, threshold=worst.threshold,
                          unit="share of the body part outside the frame", message=message,
-                         region=region, evidence=evidence)]
+                         region=region, evidence=evidence, inherited=inherited)]
 
 
 def _describe(cuts: list[PartCut]) -> str:

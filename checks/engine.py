@@ -3,6 +3,14 @@
 A check that raises :class:`CheckSkipped`, or lacks a required input, is ``skipped`` with the
 reason. Any other exception makes that check ``error`` and the verdict ``error``: a crashed
 detector must never look like a clean image.
+
+Inherited findings. A defect the source already has in the same way is not the edit's doing. Checks
+that compare with the source say so themselves (``subject_cropped`` on a framing the source had); for
+checks that judge the candidate alone and are registered ``inheritable`` (``hand_malformed``), the
+engine also runs the check on the source alone, with the same settings, and marks each candidate
+finding that has a source finding of its kind at the same place (boxes overlapping by
+``INHERIT_OVERLAP`` of the smaller one, or both whole-image) as ``inherited``. An inherited finding is
+reported but does not count toward the verdict unless the policy's ``gate.count_inherited`` is true.
 """
 
 from __future__ import annotations
@@ -72,6 +80,8 @@ def run_checks(
                                  seconds=round(time.perf_counter() - t0, 4),
                                  error=f"{type(exc).__name__}: {exc}"))
             continue
+        if found and spec.inheritable:
+            found = _mark_inherited(ctx, spec, params, found)
         findings.extend(found)
         runs.append(CheckRun(name=spec.name, status=CheckStatus.ok,
                              seconds=round(time.perf_counter() - t0, 4), findings=len(found)))
@@ -86,10 +96,44 @@ def run_checks(
     )
 
 
+# Share of the smaller box two findings must share to be "at the same place".
+INHERIT_OVERLAP = 0.3
+
+
+def _mark_inherited(ctx: CheckContext, spec, params, found: list[Finding]) -> list[Finding]:
+    """``found`` with the findings the source alone also has (same kind, same place) marked inherited."""
+    if ctx.source is None or not ctx.aligned:
+        return found
+    source_alone = ctx.shared("source_alone", lambda: CheckContext(candidate=ctx.source))
+    try:
+        before = spec.function(source_alone, params)
+    except Exception:  # noqa: BLE001 - the source could not be judged: nothing is known to be inherited
+        return found
+    (cw, ch), (sw, sh) = ctx.candidate.original_size, ctx.source.original_size
+    boxes = [None if f.region is None or f.region.box is None else
+             [f.region.box[0] * cw / sw, f.region.box[1] * ch / sh, f.region.box[2] * cw / sw, f.region.box[3] * ch / sh]
+             for f in before if f.kind == spec.name]
+    marked = []
+    for finding in found:
+        box = None if finding.region is None else finding.region.box
+        if any(_same_place(box, other) for other in boxes):
+            finding = finding.model_copy(update={"inherited": True})
+        marked.append(finding)
+    return marked
+
+
+def _same_place(a, b) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return smaller > 0 and inter / smaller >= INHERIT_OVERLAP
+
+
 def _verdict(findings: list[Finding], runs: list[CheckRun], policy: Policy) -> str:
     if any(run.status is CheckStatus.error for run in runs):
         return "error"
-    if any(f.priority in policy.gate.fail_on for f in findings):
+    if any(policy.gate.counts(f) for f in findings):
         return "fail"
     return "pass"
 

@@ -642,7 +642,7 @@ def _hand_evidence(ctx: CheckContext, shape: HandShape) -> dict:
     return evidence
 
 
-@register_check("hand_malformed", HandsParams)
+@register_check("hand_malformed", HandsParams, inheritable=True)
 def check_hand_malformed(ctx: CheckContext, params: HandsParams):
     """Hand skeletons against anatomy and their own silhouette, hands per person, hands gone or new."""
     image = ctx.candidate

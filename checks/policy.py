@@ -23,6 +23,13 @@ class GateRules(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     fail_on: list[Priority] = Field(description="priorities that make the verdict 'fail'")
+    count_inherited: bool = Field(default=False, description="let findings the source already had "
+                                  "(inherited) make the verdict 'fail' too")
+
+    def counts(self, finding: Any) -> bool:
+        """Whether ``finding`` (a Finding or a loop record) counts toward the verdict."""
+        priority = getattr(finding.priority, "value", finding.priority)
+        return priority in self.fail_on and (self.count_inherited or not getattr(finding, "inherited", False))
 
 
 class AnalysisSettings(BaseModel):

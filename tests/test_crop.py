@@ -66,6 +66,7 @@ def test_injected_crops_found_at_the_right_edge(defect, amount, edge, least, pol
         run_s, finding_s = _run(case.candidate, case.source, policy)
         assert run_s.status.value == "ok", (name, run_s.reason)
         assert finding_s is not None and wanted in _edges(finding_s), (name, finding_s and finding_s.evidence)
+        assert not finding_s.inherited, name  # the edit's crop, not the source's framing
         with_source += 1
         for f in (finding, finding_s):
             if f is None or wanted not in _edges(f):
@@ -200,17 +201,21 @@ def test_second_main_face_cut_at_a_side(policy):
 
 
 def test_cut_already_in_the_source_is_not_the_edit(policy):
+    from fixloop.checks.context import CheckContext
+    from fixloop.checks.engine import run_checks
     from fixloop.checks.policy import load_policy
 
     image = photo("face_obama_partial_01.jpg")
     candidate = defects.jpeg(image, 90)
     run, finding = _run(candidate, image, policy)
-    assert run.status.value == "ok" and finding is None
-    strict = load_policy()
-    strict.params("subject_cropped").report_cut_in_source = True
-    _, finding = _run(candidate, image, strict)
-    assert finding is not None and "left" in finding.evidence["edges"]
+    assert run.status.value == "ok" and finding is not None and finding.inherited, finding
+    assert "left" in finding.evidence["edges"] and "as the source's frame already did" in finding.message
     assert finding.evidence["cut_in_source"] and not finding.evidence["whole_in_source"]
+    report = run_checks(CheckContext.from_arrays(candidate, image), policy, names=["subject_cropped"])
+    assert report.verdict == "pass", report.findings  # inherited: not the edit's doing
+    strict = load_policy()
+    strict.gate.count_inherited = True
+    assert run_checks(CheckContext.from_arrays(candidate, image), strict, names=["subject_cropped"]).verdict == "fail"
 
 
 def test_no_person_is_skipped(policy):

@@ -232,3 +232,19 @@ def test_wrist_crops_find_hands_the_full_frame_misses():
         found[name] = (len(analyses.hands(image)), len(analyses.hands_with_wrist_crops(image)))
     assert all(full == 0 for full, _ in found.values())
     assert sum(crops for _, crops in found.values()) >= 3
+
+
+def test_a_hand_the_source_already_had_is_inherited():
+    """The engine judges the source alone too: the same malformed hand there makes the finding
+    ``inherited``, reported but not counted toward the verdict; alone, it fails the image."""
+    from fixloop.checks.context import CheckContext
+    from fixloop.checks.engine import run_checks
+    from fixloop.checks.policy import load_policy
+
+    policy = load_policy()
+    image = photo("gen_hand_ghost_finger_01.jpg")
+    alone = run_checks(CheckContext.from_arrays(image), policy, names=["hand_malformed"])
+    assert alone.verdict == "fail" and not any(f.inherited for f in alone.findings)
+    against_itself = run_checks(CheckContext.from_arrays(defects.jpeg(image, 90), image), policy, names=["hand_malformed"])
+    assert against_itself.findings and all(f.inherited for f in against_itself.findings)
+    assert against_itself.verdict == "pass"

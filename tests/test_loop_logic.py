@@ -18,7 +18,7 @@ from fixloop.agent.findings import (MAX_SEVERITY, flip_records, match_keys, new_
 from fixloop.agent.planner import GENERATIVE, PlanContext, estimate_usd, ladder, plan_repair, usable_ladder, would_fix
 from fixloop.agent.state import (Attempt, AttemptCause, Budget, FindingRecord, MaskSource, OpenCause, OpenDefect,
                                  Outcome, RepairPlan, Spend, StopReason)
-from fixloop.agent.triage import budget_stop, order_key, triage
+from fixloop.agent.triage import budget_stop, order_key, restrict, triage
 from fixloop.agent.verify import WHOLE_IMAGE_NOTE, Spill, SpillStatus, judge, outside_change
 from fixloop.checks.base import DEFECT_KINDS, Finding, Region
 from fixloop.checks.context import CheckContext
@@ -709,6 +709,61 @@ def test_judge_rejects_a_pass_that_makes_its_own_target_much_worse():
     assert not verdict.accepted and verdict.cause == AttemptCause.made_worse
     assert verdict.reason.startswith("made worse: exposure_drift -0.6 -> -1.5")
     assert "color_temperature_drift gone" in verdict.reason  # the progress it made is still named
+
+
+def test_a_defect_is_new_only_if_the_repair_caused_it():
+    """Each rule of verify decides about a finding the image before the attempt did not have, and says so."""
+    from fixloop.agent.state import SideEffectRule
+
+    plan = plan_for("exposure_drift", score=-0.75, threshold=0.25)
+    blur = record("texture_blur", "P1", 0.3, 0.55, box=[40, 40, 80, 80])
+    changed = np.zeros((200, 200), dtype=bool)
+    changed[:, 100:] = True  # the attempt changed the right half only
+
+    def rule(after, **kwargs):
+        verdict = judge(plan, [plan.target], after, FAIL_ON, SETTINGS.min_improvement, SETTINGS.worse_factor,
+                        "fail", None, **kwargs)
+        return verdict, {e.kind: e.rule for e in verdict.side_effects}
+
+    caused, rules = rule([blur])  # no changed map: every pixel counts as changed
+    assert not caused.accepted and caused.cause == AttemptCause.new_defect and rules["texture_blur"] == SideEffectRule.caused
+    untouched, rules = rule([blur], changed=changed)  # its box lies in the half the attempt left alone
+    assert untouched.accepted and rules["texture_blur"] == SideEffectRule.untouched
+    assert any("[untouched]" in note for note in untouched.notes)
+    moved_right = blur.model_copy(update={"box": [140, 40, 180, 80], "key": "texture_blur@140"})
+    assert not rule([moved_right], changed=changed)[0].accepted  # where it changed pixels: caused
+    in_input, rules = rule([moved_right], changed=changed,
+                           input_findings=[moved_right.model_copy(update={"box": [145, 45, 185, 85]})])
+    assert in_input.accepted and rules["texture_blur"] == SideEffectRule.in_input
+    inherited, rules = rule([moved_right.model_copy(update={"inherited": True})], changed=changed)
+    assert inherited.accepted and rules["texture_blur"] == SideEffectRule.inherited
+    traded, rules = rule([moved_right.model_copy(update={"priority": "P2"})], changed=changed)
+    assert traded.accepted and rules["texture_blur"] == SideEffectRule.traded
+    assert any("price of the fix" in note for note in traded.notes)
+
+
+def test_a_p2_made_worse_is_traded_a_p1_is_not():
+    from fixloop.agent.state import SideEffectRule
+
+    plan = plan_for("exposure_drift", score=-0.75, threshold=0.25)
+    halo = record("edge_halo", "P2", 0.06, 0.03, box=[0, 0, 50, 50])
+    worse = halo.model_copy(update={"score": 0.2})
+    traded = _judge(plan, [plan.target, halo], [worse])
+    assert traded.accepted and [(e.rule, e.worse) for e in traded.side_effects] == [(SideEffectRule.traded, True)]
+    p1 = halo.model_copy(update={"priority": "P1"})
+    rolled_back = _judge(plan, [plan.target, p1], [p1.model_copy(update={"score": 0.2})])
+    assert not rolled_back.accepted and rolled_back.cause == AttemptCause.made_worse
+    inherited = p1.model_copy(update={"inherited": True})
+    assert _judge(plan, [plan.target, inherited], [inherited.model_copy(update={"score": 0.2})]).accepted
+
+
+def test_inherited_findings_are_neither_targets_nor_hold_anything_back():
+    crop = record("subject_cropped", "P0", 0.5, 0.3, box=[0, 150, 60, 200]).model_copy(update={"inherited": True})
+    halo = record("edge_halo", "P1", 0.06, 0.03, box=[10, 10, 50, 50])
+    findings = restrict([crop, halo], None)
+    assert findings == [halo]
+    assert triage(findings, {}, FAIL_ON, False, Budget(), Spend()).target.kind == "edge_halo"
+    assert restrict([crop, halo], None, inherited=True) == [crop, halo]  # policy gate.count_inherited
 
 
 # ---- severity on texture_blur (a lower score is worse) ---------------------------------------------
