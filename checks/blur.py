@@ -166,7 +166,7 @@ def measure_blur(source: AnalysisImage, candidate: AnalysisImage, params: BlurPa
 @register_check("texture_blur", BlurParams, requires=("source",))
 def check_texture_blur(ctx: CheckContext, params: BlurParams):
     """Fine-detail energy against the source (contrast-normalised band-pass), globally and per region."""
-    m = measure_blur(ctx.source, ctx.candidate, params)
+    m = measure_blur(ctx.registered_source, ctx.candidate, params)
     evidence = {
         "global_ratio": round(m.global_ratio, 4),
         "soft_tile_share": round(m.soft_share, 4),

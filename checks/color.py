@@ -1,6 +1,8 @@
 """color_temperature_drift: the picture turned warmer, cooler, greener or more magenta than its source.
 
-Method: on the pixels the edit was not allowed to change, fit the per-channel gains that map the
+Method: on the pixels the edit was not allowed to change, with the source registered to the
+candidate (:mod:`fixloop.checks.registration`: a mirrored, turned or re-framed result is compared
+point for point, and the border the source does not cover is left out), fit the per-channel gains that map the
 source to the candidate in linear light (least squares, clipped pixels left out: a diagonal
 von Kries model of a white-balance change). Those gains, applied to the source's white (D65),
 give the candidate's white point, which is expressed the way photographers set white balance:
@@ -138,13 +140,15 @@ def small_lab(image: AnalysisImage) -> np.ndarray:
 
 
 def _small_region(ctx: CheckContext) -> np.ndarray:
-    return ctx.shared(f"color:small_region@{FIT_SIDE}", lambda: _small(ctx.unedited_region().astype(np.float32)) > 0.5)
+    return ctx.shared(f"color:small_region@{FIT_SIDE}",
+                      lambda: _small(ctx.registration.unedited_region().astype(np.float32)) > 0.5)
 
 
 def measure_white_balance(ctx: CheckContext) -> WhiteBalanceShift:
-    """White-balance shift from the source to the candidate on the unedited pixels."""
+    """White-balance shift from the (registered) source to the candidate on the unedited pixels."""
     region = _small_region(ctx)
-    (source_linear, source_rgb), (candidate_linear, candidate_rgb) = small_views(ctx.source), small_views(ctx.candidate)
+    source = ctx.registered_source
+    (source_linear, source_rgb), (candidate_linear, candidate_rgb) = small_views(source), small_views(ctx.candidate)
     gains = fit_gains(source_linear, candidate_linear, region, source_rgb, candidate_rgb)
     gains = gains / float(RGB_TO_XYZ[1] @ gains)
     return WhiteBalanceShift(
@@ -158,9 +162,9 @@ def measure_white_balance(ctx: CheckContext) -> WhiteBalanceShift:
 def check_color_temperature_drift(ctx: CheckContext, params: ColorParams):
     """White-balance shift against the source: warm/cool in mired, green/magenta in Duv."""
     shift = measure_white_balance(ctx)
-    region = ctx.unedited_region()
+    region = ctx.registration.unedited_region()
     small_region = _small_region(ctx)
-    lab_before = small_lab(ctx.source)[small_region].mean(axis=0)
+    lab_before = small_lab(ctx.registered_source)[small_region].mean(axis=0)
     lab_after = small_lab(ctx.candidate)[small_region].mean(axis=0)
     lab_shift = lab_after - lab_before
     evidence = {

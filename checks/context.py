@@ -12,8 +12,13 @@ also kept in the process's :data:`STORE` under a digest of its pixels, for the l
 repair loop and a server check many candidates against one source, whose analyses are then computed
 once. A stored analysis is what computing it again would give, so no report depends on the store.
 
-Candidate and source are pixel-aligned when their aspect ratios agree within ``ASPECT_TOLERANCE``
-(:func:`same_aspect`, the one test of that for every layer).
+Candidate and source are comparable when their aspect ratios agree within ``ASPECT_TOLERANCE``
+(:func:`same_aspect`, the one test of that for every layer). Comparable is not yet pixel-aligned: an
+edit may have mirrored, turned, zoomed or shifted the picture. :attr:`CheckContext.registration`
+brings the source into the candidate's frame once per context (:mod:`fixloop.checks.registration`),
+and the checks that compare pixels read :attr:`CheckContext.registered_source` and the registration's
+unedited region; ``source`` stays the image as given, for the structure checks that measure the
+geometry itself.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -42,6 +47,9 @@ from fixloop.checks.images import (
     srgb_to_linear,
     to_uint8,
 )
+
+if TYPE_CHECKING:
+    from fixloop.checks.registration import Registration
 
 # Largest side at which checks measure; bigger inputs are measured at this size.
 DEFAULT_MAX_SIDE = 2048
@@ -284,6 +292,20 @@ class CheckContext:
         if self.source is None:
             return False
         return not any("aspect" in note for note in self.notes)
+
+    @property
+    def registration(self) -> "Registration":
+        """The source registered to the candidate (mirror, rotation, zoom, shift), computed once per
+        context and shared by every check (:mod:`fixloop.checks.registration`)."""
+        from fixloop.checks.registration import register
+
+        return self.shared("registration", lambda: register(self))
+
+    @property
+    def registered_source(self) -> AnalysisImage | None:
+        """The source in the candidate's frame, for pixel comparisons: ``source`` itself when the
+        picture did not move (or without a source)."""
+        return None if self.source is None else self.registration.source
 
     def shared(self, key: str, compute: Callable[[], Any]) -> Any:
         """Compute ``key`` once per context and hand the same result to every check that asks."""

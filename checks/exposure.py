@@ -1,7 +1,8 @@
 """exposure_drift: the picture got darker or brighter than its source.
 
 Measured in linear light on the pixels the edit was not allowed to change (outside the edit mask,
-or the whole image without one): the exposure change is ``log2(mean Y_candidate / mean Y_source)``
+or the whole image without one), against the source registered to the candidate
+(:mod:`fixloop.checks.registration`; the border a moved source does not cover is left out): the exposure change is ``log2(mean Y_candidate / mean Y_source)``
 in EV, the way a photographer counts stops. Highlights newly clipped to white and shadows newly
 crushed to black are counted separately, since a curve change can clip without moving the mean
 much. With earlier passes (``--history``) the same measure is taken for every pass, and a steady
@@ -108,15 +109,19 @@ def pass_trend(evs: list[float]) -> float:
 def check_exposure_drift(ctx: CheckContext, params: ExposureParams):
     """Exposure change against the source in EV, clipped highlights, crushed shadows, pass trend."""
     if ctx.source is not None and ctx.aligned:
-        baseline, passes = ctx.source, [*ctx.history, ctx.candidate]
+        passes = [*ctx.history, ctx.candidate]
         baseline_name = "the source"
+        # earlier passes against the source as given; the candidate against the registered source
+        changes = [measure_exposure(ctx.source, image, ctx.unedited_region()) for image in ctx.history]
+        region = ctx.registration.unedited_region()
+        changes.append(measure_exposure(ctx.registered_source, ctx.candidate, region))
     elif ctx.history:
         baseline, passes = ctx.history[0], [*ctx.history[1:], ctx.candidate]
         baseline_name = "the first pass"
+        region = ctx.unedited_region()
+        changes = [measure_exposure(baseline, image, region) for image in passes]
     else:
         raise CheckSkipped("needs the image before the edit (--source) or earlier passes (--history)")
-    region = ctx.unedited_region()
-    changes = [measure_exposure(baseline, image, region) for image in passes]
     change = changes[-1]
     evs = [0.0] + [c.ev for c in changes]
     slope = pass_trend(evs)

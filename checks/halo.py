@@ -399,7 +399,7 @@ def measure_context(ctx: CheckContext, params: HaloParams) -> HaloMeasure:
     # an alpha or mask boundary reads L* only near itself: convert just those pixels
     box = None if boundary.kind == "edges" else sampled_box(boundary, params, scale, ctx.size)
     lstar = whole() if box is None else _lstar(ctx.candidate, box)
-    source_lstar = _lstar(ctx.source, box) if ctx.source is not None and ctx.aligned else None
+    source_lstar = _lstar(ctx.registered_source, box) if ctx.source is not None and ctx.aligned else None
     return measure_halo(lstar, boundary, params, scale, source_lstar)
 
 

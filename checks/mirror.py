@@ -35,6 +35,7 @@ SEARCH_MARGIN = 0.06  # share of each side of the candidate left out so that it 
 ZOOMS = (0.95, 1.0, 1.05, 1.1)  # source rescaled by these before matching (an edit may zoom a little)
 MIN_COMPARED = 0.10  # share of the thumbnail that must be left outside the mask (and its mirror image)
 MIN_STRUCTURE = 1e-3  # spread of the source thumbnail's gradient below which there is nothing to compare
+DEFAULT_SIDE = 192  # px; the policy's default ``analysis_side`` (what registration asks for)
 
 
 class MirrorParams(CheckParams):
@@ -136,14 +137,21 @@ def _measure(candidate: tuple[np.ndarray, np.ndarray], source: tuple[np.ndarray,
     )
 
 
+def measure_thumbnails(ctx: CheckContext, side: int) -> MirrorMatch:
+    """:func:`measure_mirror` of a context's candidate and source at ``side`` px, the edit mask left
+    out; computed once per context and side (the mirrored check and registration share it)."""
+
+    def compute() -> MirrorMatch:
+        excluded = None if ctx.mask is None else ~ctx.unedited_region()
+        return _measure(thumbnails(ctx.candidate, side), thumbnails(ctx.source, side), excluded)
+
+    return ctx.shared(f"mirror:match:{side}", compute)
+
+
 @register_check("mirrored", MirrorParams, requires=("source",))
 def check_mirrored(ctx: CheckContext, params: MirrorParams):
     """The candidate matches the source flipped left-right better than the source itself."""
-    excluded = None
-    if ctx.mask is not None:
-        excluded = ~ctx.unedited_region()
-    match = _measure(thumbnails(ctx.candidate, params.analysis_side), thumbnails(ctx.source, params.analysis_side),
-                     excluded)
+    match = measure_thumbnails(ctx, params.analysis_side)
     evidence = {
         "direct_correlation": round(match.direct, 4),
         "flipped_correlation": round(match.flipped, 4),

@@ -21,6 +21,10 @@ out. A horizon that tilts while the verticals stand, or verticals that lean whil
 stays, is told apart from a picture that turned as a whole; a whole-image rotation must be borne
 out by at least one band, or by a close match of all the lines (``confirm_agreement``).
 
+A mirrored result is compared with the source mirrored the same way (the registration of
+:mod:`fixloop.checks.registration` says whether it was flipped): a flip turns a line at 10° into one
+at 170°, which is the mirrored check's finding, not a rotation.
+
 Straight lines are what this check reads, so an image with too few of them (a close portrait, a
 plain backdrop) is reported as skipped, not passed.
 """
@@ -254,14 +258,23 @@ def measure_band(candidate: Lines, source: Lines, centre: float, half_width: flo
     return best
 
 
-def measure_tilt(candidate: AnalysisImage, source: AnalysisImage, params: PerspectiveParams) -> TiltChange:
+def mirrored_lines(lines: Lines) -> Lines:
+    """The segments of the image mirrored left-right: directions reflected, midpoints across the centre."""
+    return Lines((180.0 - lines.angles) % 180.0, lines.lengths, -lines.x, lines.y, lines.half_width, lines.half_height)
+
+
+def measure_tilt(candidate: AnalysisImage, source: AnalysisImage, params: PerspectiveParams,
+                 flipped: bool = False) -> TiltChange:
     """Rotation of all lines, and tilt of the near-horizontal and near-vertical ones, source -> candidate.
+    With ``flipped`` the candidate is compared with the source mirrored left-right.
 
     Raises :class:`CheckSkipped` when either image has too few straight lines. A band is None where
     it has too few lines; how well its lines match up is its ``agreement``.
     """
     cand = image_lines(candidate, params.analysis_side, params.min_segment)
     src = image_lines(source, params.analysis_side, params.min_segment)
+    if flipped:
+        src = mirrored_lines(src)
     for name, lines in (("candidate", cand), ("source", src)):
         if lines.count < params.min_lines or lines.total_length < params.min_total_length:
             raise CheckSkipped(
@@ -328,7 +341,10 @@ def decide(change: TiltChange, params: PerspectiveParams) -> tuple[str | None, f
 @register_check("perspective_broken", PerspectiveParams, requires=("source",))
 def check_perspective_broken(ctx: CheckContext, params: PerspectiveParams):
     """Horizon tilt, verticals lean or whole-image rotation against the source, from line directions."""
-    change = measure_tilt(ctx.candidate, ctx.source, params)
+    # A mirrored result (the registration found the flip; mirrored reports it) is measured against the
+    # mirrored source: a flip reverses every line direction and must not read as a rotation.
+    flipped = ctx.registration.flipped
+    change = measure_tilt(ctx.candidate, ctx.source, params, flipped)
     if change.rotation.agreement < params.min_agreement:
         raise CheckSkipped(
             f"the straight lines of the candidate and the source do not correspond (direction "
@@ -343,6 +359,8 @@ def check_perspective_broken(ctx: CheckContext, params: PerspectiveParams):
         "candidate_line_length": round(change.candidate_lines.total_length, 2),
         "source_line_length": round(change.source_lines.total_length, 2),
     }
+    if flipped:
+        evidence["source_mirrored"] = True
     for name, shift in bands.items():
         evidence[f"{name}_deg"] = None if shift is None else round(shift.degrees, 3)
         evidence[f"{name}_agreement"] = None if shift is None else round(shift.agreement, 3)

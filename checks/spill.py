@@ -1,6 +1,9 @@
 """mask_spill: the edit changed the image outside the edit mask.
 
 The mask says where the edit was allowed; everywhere else the candidate should still be the source.
+The source is registered to the candidate first (:mod:`fixloop.checks.registration`): a result that
+was mirrored, turned or re-framed is compared point for point, its edit mask carried along, and the
+border the moved source does not cover is left out (the geometry is the structure checks' finding).
 Measured on the pixels outside the mask grown by a margin (``margin`` of the image diagonal: seams
 and feathering at the mask's border may change), at a working size of ``work_side`` px, after a
 light Gaussian blur of both images so that JPEG noise and resampling do not count:
@@ -348,17 +351,21 @@ def measure_spill(
     params: SpillParams,
     scale: float = 1.0,
     candidate_clipped: Callable[[], np.ndarray] | None = None,
+    compared: np.ndarray | None = None,
 ) -> SpillMeasure:
     """Compare two same-size Lab images outside ``mask`` (bool, True = edit allowed); ``scale`` is
     recorded as the factor from the analysis size to these images' size. ``candidate_clipped``
     gives (when asked) a bool map of candidate pixels clipped to white: when the whole picture
     shifted, their change is the shift's (per-channel clipping is beyond any global colour model),
-    not a local one.
+    not a local one. ``compared`` (bool, same size, optional) limits the comparison to its pixels
+    (where a registered source covers the candidate).
     """
     h, w = mask.shape
     # Outside the mask grown by the margin: distance to the nearest mask pixel above the radius.
     distance = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
     outside = distance > params.margin * float(np.hypot(w, h))
+    if compared is not None:
+        outside &= compared
     if share(outside) < params.min_outside_fraction:
         raise CheckSkipped(
             f"the edit mask, grown by {params.margin:.0%} of the diagonal for seams, leaves only "
@@ -409,13 +416,19 @@ def measure_spill(
 
 
 def measure_context(ctx: CheckContext, params: SpillParams) -> SpillMeasure:
-    """Bring source, candidate and mask to the working size and measure the spill."""
+    """Bring the registered source, candidate and mask to the working size and measure the spill."""
     size, scale = fit_size(ctx.size, params.work_side)
-    mask = ctx.mask
+    registration = ctx.registration
+    mask = registration.mask
     if mask.shape != (size[1], size[0]):
         mask = resize_mask(mask, size)
         if not mask.any():  # a mask thinner than a working pixel: keep its pixels
-            mask = cv2.resize(ctx.mask.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
+            mask = cv2.resize(registration.mask.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
+    compared = None
+    if registration.valid is not None:
+        compared = cv2.resize(registration.valid.astype(np.uint8), size, interpolation=cv2.INTER_AREA) > 0
+        if not registration.valid.all():  # a working pixel must be wholly covered
+            compared = cv2.erode(compared.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
 
     def clipped() -> np.ndarray:
         small = pixels_at(ctx.candidate, size)
@@ -424,7 +437,8 @@ def measure_context(ctx: CheckContext, params: SpillParams) -> SpillMeasure:
         # the blur against JPEG noise spreads a clipped area's edge by a couple of pixels
         return cv2.dilate(hit, np.ones((5, 5), np.uint8)).astype(bool)
 
-    return measure_spill(lab_at(ctx.source, size), lab_at(ctx.candidate, size), mask, params, scale, clipped)
+    return measure_spill(lab_at(ctx.registered_source, size), lab_at(ctx.candidate, size), mask, params, scale, clipped,
+                         compared)
 
 
 def side_of(blob: Blob, mask_box: tuple[int, int, int, int]) -> str:
