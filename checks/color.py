@@ -177,6 +177,8 @@ def check_color_temperature_drift(ctx: CheckContext, params: ColorParams):
         "mean_delta_b": round(float(lab_shift[2]), 3),
         "compared_fraction": round(share(region), 4),
     }
+    if not ctx.registration.identity:
+        evidence["registration"] = ctx.registration.evidence()
     warm_excess = abs(shift.mired) / params.mired_threshold
     tint_excess = abs(shift.tint) / params.tint_threshold
     if max(warm_excess, tint_excess) < 1.0:

@@ -67,7 +67,9 @@ source's landmarks and faces, measured on the whole person, are mapped into the 
 judged there as well: this is the clearest case, a person whole in the source and cut in the
 candidate, and it holds even when the cut person is no longer found in the candidate at all. The
 source is also judged in its own frame: a part cut in the candidate that was whole in the source is
-named (``whole_in_source``). A part already cut in the source is not the edit's doing: when the
+named (``whole_in_source``). A mirrored result (found by the registration,
+:mod:`fixloop.checks.registration`) is compared with the source mirrored, so a framing the source had
+is recognised on the other side. A part already cut in the source is not the edit's doing: when the
 candidate keeps the source's frame (no re-framing, or one within ``SAME_FRAME_SCALE`` /
 ``SAME_FRAME_SHIFT`` of the identity), every cut is the source's unless the source held that part
 *clearly* whole (seen, with under ``CLEARLY_WHOLE`` of the limit beyond that edge: a part on the limit
@@ -106,6 +108,7 @@ from fixloop.checks import analyses
 from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
 from fixloop.checks.context import DEFAULT_MAX_SIDE, AnalysisImage, CheckContext, analysis_size
 from fixloop.checks.geometry import points_box, shrink, union_box
+from fixloop.checks.registration import mirrored_source
 
 EDGES = ("top", "bottom", "left", "right")
 # MediaPipe Pose landmark indices.
@@ -495,7 +498,8 @@ def _source_image(ctx: CheckContext) -> AnalysisImage | None:
     if ctx.source is None:
         return None
     if ctx.aligned:
-        return ctx.source
+        # a mirrored result is framed like the source mirrored: its people are judged in that frame
+        return mirrored_source(ctx) if ctx.registration.flipped else ctx.source
 
     def build() -> AnalysisImage:  # framed differently: the context's copy is stretched, measure it as is
         decoded = ctx.source.decoded

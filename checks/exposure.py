@@ -2,10 +2,10 @@
 
 Measured in linear light on the pixels the edit was not allowed to change (outside the edit mask,
 or the whole image without one), against the source registered to the candidate
-(:mod:`fixloop.checks.registration`; the border a moved source does not cover is left out): the exposure change is ``log2(mean Y_candidate / mean Y_source)``
-in EV, the way a photographer counts stops. Highlights newly clipped to white and shadows newly
-crushed to black are counted separately, since a curve change can clip without moving the mean
-much. With earlier passes (``--history``) the same measure is taken for every pass, and a steady
+(:mod:`fixloop.checks.registration`; the border a moved source does not cover is left out): the
+exposure change is ``log2(mean Y_candidate / mean Y_source)`` in EV, the way a photographer counts
+stops. Highlights newly clipped to white and shadows newly crushed to black are counted
+separately, since a curve change can clip without moving the mean much. With earlier passes (``--history``) the same measure is taken for every pass, and a steady
 drift across passes is reported even before it adds up to the limit: repeated low-denoise passes
 are the usual cause, and the fix is to stop looping and correct once.
 """
@@ -136,6 +136,8 @@ def check_exposure_drift(ctx: CheckContext, params: ExposureParams):
         "compared_fraction": round(share(region), 4),
         "baseline": baseline_name,
     }
+    if ctx.source is not None and ctx.aligned and not ctx.registration.identity:
+        evidence["registration"] = ctx.registration.evidence()
     if ctx.history:
         evidence["ev_per_pass"] = [round(v, 4) for v in evs]
         evidence["ev_slope_per_pass"] = round(slope, 4)

@@ -21,6 +21,11 @@ out. A horizon that tilts while the verticals stand, or verticals that lean whil
 stays, is told apart from a picture that turned as a whole; a whole-image rotation must be borne
 out by at least one band, or by a close match of all the lines (``confirm_agreement``).
 
+When the registration fitted a move that matches closely (an affine map: rotation, shear, zoom, shift;
+:meth:`Registration.tilts`), a tilt is reported only if that map also turns the horizon or the
+verticals by at least half the threshold: a crop or zoom changes which lines are seen, and their
+directions alone can then read as a tilt that is not there.
+
 A mirrored result is compared with the source mirrored the same way (the registration of
 :mod:`fixloop.checks.registration` says whether it was flipped): a flip turns a line at 10° into one
 at 170°, which is the mirrored check's finding, not a rotation.
@@ -370,6 +375,14 @@ def check_perspective_broken(ctx: CheckContext, params: PerspectiveParams):
     which, score = decide(change, params)
     if which is None:
         return []
+    # The registration's fitted map turns lines exactly as the picture turned; where it matches closely
+    # and turned neither band by half the threshold, the lines' reading is an artefact (a zoom or crop
+    # that changed which lines are seen), not a tilt.
+    tilts = ctx.registration.tilts()
+    if tilts is not None:
+        if max(abs(v) for v in tilts.values()) < params.threshold / 2:
+            return []
+        evidence["registration_tilt_deg"] = {k: round(v, 3) for k, v in tilts.items()}
     evidence["which"] = which
     sense = "counter-clockwise" if score > 0 else "clockwise"
     others = {"horizon": "verticals", "verticals": "horizon"}

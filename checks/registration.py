@@ -12,9 +12,10 @@ that, and every such check would then report a defect that is not there. So once
 2. How it moved. An affine map from candidate pixels to source pixels is fitted by maximising the
    enhanced correlation coefficient of the two grey images (ECC, Evangelidis and Psarakis 2008,
    OpenCV's ``findTransformECC``) at ``WORK_SIDE`` px, coarse to fine over three sizes, started from
-   "no move" (and from the flip). ECC is a zero-mean normalised correlation, so an exposure or
-   white-balance change does not move the fit; the edit mask is left out of it. This covers the
-   mirror, a rotation, a zoom or crop scaled back, a shift, and combinations of them.
+   "no move" (and from the flip, which is also scored as it is). ECC is a zero-mean normalised
+   correlation, so an exposure or white-balance change does not move the fit; the edit mask is left
+   out of it. This covers the mirror, a rotation, a zoom or crop scaled back, a shift, a shear, and
+   combinations of them.
 3. Whether it moved at all. The fitted map is used only when it moves some corner of the frame by
    at least ``MIN_MOVE_PX`` analysis pixels and it matches clearly better than no move
    (``MIN_GAIN`` in correlation); otherwise the source is used as it is (the same object, so every
@@ -30,12 +31,13 @@ candidate's frame too (:attr:`Registration.mask`). Checks compare within
 
 What the geometry itself is worth reporting is decided by the structure checks, not here: mirrored
 (a flip), perspective_broken (a tilt, measured against the flipped source when the registration
-found a flip), subject_cropped (a new frame that cuts a person).
+found a flip), subject_cropped (a new frame that cuts a person; the source's people are judged in the
+source mirrored when the registration found a flip, so a framing the source had is not new).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import cv2
@@ -61,15 +63,15 @@ ECC_EPS = 1e-5
 class Registration:
     """The source in the candidate's frame, and how it got there."""
 
-    source: "AnalysisImage"  # the registered source (``ctx.source`` itself when nothing moved)
+    source: "AnalysisImage" = field(repr=False)  # the registered source (``ctx.source`` itself when nothing moved)
     to_source: np.ndarray  # 2 x 3 affine: candidate analysis px -> source analysis px
     flipped: bool  # the source was mirrored left-right
     moved: bool  # the source was resampled (False: unmoved, or mirrored exactly)
-    valid: np.ndarray | None  # bool, analysis size: candidate pixels the source covers; None = all
-    mask: np.ndarray | None  # the edit mask in the candidate's frame (bool), None without a mask
+    valid: np.ndarray | None = field(repr=False)  # bool, analysis size: candidate pixels the source covers; None = all
+    mask: np.ndarray | None = field(repr=False)  # the edit mask in the candidate's frame (bool), None without a mask
     correlation: float  # ECC correlation of the fitted map (1.0 when nothing was fitted)
     correlation_unmoved: float  # the same, of no move
-    _ctx: "CheckContext"
+    _ctx: "CheckContext" = field(repr=False)
 
     @property
     def identity(self) -> bool:
@@ -88,6 +90,22 @@ class Registration:
     def scale(self) -> float:
         """Zoom of the candidate against the source (> 1: the candidate shows a closer view)."""
         return float(1.0 / np.sqrt(abs(np.linalg.det(self.to_source[:, :2]))))
+
+    def tilts(self, min_correlation: float = 0.95) -> dict[str, float] | None:
+        """How far the fitted map turned the source's horizontal and vertical lines, ° counter-clockwise
+        (as perspective_broken counts them), when the registration fitted a move (or a flip) that
+        matches at ``min_correlation`` or better; None otherwise."""
+        if self.identity or self.correlation < min_correlation:
+            return None
+        a = self.to_source[:, :2]
+        if self.flipped:  # against the source mirrored
+            a = np.diag([-1.0, 1.0]) @ a
+        inverse = np.linalg.inv(a)
+        out = {}
+        for name, direction, upright in (("horizon", (1.0, 0.0), 0.0), ("verticals", (0.0, -1.0), 90.0)):
+            dx, dy = inverse @ np.array(direction)
+            out[name] = float((np.degrees(np.arctan2(-dy, dx)) - upright + 90.0) % 180.0 - 90.0)
+        return out
 
     @property
     def covered(self) -> float:
@@ -141,7 +159,8 @@ def _rescale(matrix: np.ndarray, k, c) -> np.ndarray:
     return np.hstack([a, (k * matrix[:, 2] + c - a @ c)[:, None]])
 
 
-def _ecc(candidate: np.ndarray, source: np.ndarray, start: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, float]:
+def _ecc(candidate: np.ndarray, source: np.ndarray, start: np.ndarray,
+         weights: np.ndarray | None) -> tuple[np.ndarray, float]:
     """ECC fit, coarse to fine, of the affine map candidate px -> source px; (map, correlation)."""
     pyramid = [(candidate, source, weights)]
     for _ in range(LEVELS - 1):
@@ -230,6 +249,10 @@ def register(ctx: "CheckContext") -> Registration:
         matrix, value = _ecc(cand, src, start, weights)
         if value > rho:
             best, rho = matrix, value
+        if start is not identity:  # the exact flip itself, should the fit have wandered off it
+            value = _correlation(cand, src, start, weights)
+            if value > rho:
+                best, rho = start, value
     flipped = bool(np.linalg.det(best[:, :2]) < 0)
     if rho < MIN_CORRELATION or rho < base + MIN_GAIN:
         return _with(unmoved, correlation=rho, correlation_unmoved=base)
@@ -251,26 +274,35 @@ def _with(registration: Registration, **changes) -> Registration:
     return replace(registration, **changes)
 
 
-def _mirrored(ctx: "CheckContext", to_source: np.ndarray, rho: float, base: float) -> Registration:
-    """The source mirrored exactly (columns reversed), alpha and mask with it."""
+def mirrored_source(ctx: "CheckContext") -> "AnalysisImage":
+    """The context's source mirrored exactly (columns reversed, alpha with them), once per context: the
+    source in the frame of a mirrored result, for checks that judge it in its own frame (subject_cropped)."""
     from fixloop.checks.context import AnalysisImage
     from fixloop.checks.images import DecodedImage
 
-    source = ctx.source
-    decoded = DecodedImage(path=source.path, pixels=np.ascontiguousarray(source.pixels[:, ::-1]),
-                           alpha=None if source.alpha is None else np.ascontiguousarray(source.alpha[:, ::-1]),
-                           mode=source.decoded.mode)
-    image = AnalysisImage(decoded, ctx.size)
-    image.original_size = source.original_size
+    def build() -> "AnalysisImage":
+        source = ctx.source
+        decoded = DecodedImage(path=source.path, pixels=np.ascontiguousarray(source.pixels[:, ::-1]),
+                               alpha=None if source.alpha is None else np.ascontiguousarray(source.alpha[:, ::-1]),
+                               mode=source.decoded.mode)
+        image = AnalysisImage(decoded, source.size)
+        image.original_size = source.original_size
+        return image
+
+    return ctx.shared("registration:mirrored_source", build)
+
+
+def _mirrored(ctx: "CheckContext", to_source: np.ndarray, rho: float, base: float) -> Registration:
+    """The source mirrored exactly (columns reversed), alpha and mask with it."""
     mask = None if ctx.mask is None else np.ascontiguousarray(ctx.mask[:, ::-1])
-    return Registration(source=image, to_source=to_source, flipped=True, moved=False, valid=None, mask=mask,
-                        correlation=rho, correlation_unmoved=base, _ctx=ctx)
+    return Registration(source=mirrored_source(ctx), to_source=to_source, flipped=True, moved=False, valid=None,
+                        mask=mask, correlation=rho, correlation_unmoved=base, _ctx=ctx)
 
 
 def _resampled(ctx: "CheckContext", to_source: np.ndarray, flipped: bool, rho: float, base: float) -> Registration:
     """The source resampled into the candidate's frame; the candidate's pixels where it does not reach."""
     from fixloop.checks.context import AnalysisImage
-    from fixloop.checks.images import DecodedImage
+    from fixloop.checks.images import DecodedImage, as_float, to_uint8
 
     source, candidate = ctx.source, ctx.candidate
     w, h = ctx.size
@@ -285,7 +317,9 @@ def _resampled(ctx: "CheckContext", to_source: np.ndarray, flipped: bool, rho: f
                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
     valid = cv2.erode(cover, np.ones((2 * EDGE_PX + 1, 2 * EDGE_PX + 1), np.uint8)).astype(bool)
     pixels = warp(source.pixels)
-    own = candidate.pixels.astype(pixels.dtype) if candidate.pixels.dtype != pixels.dtype else candidate.pixels
+    own = candidate.pixels
+    if own.dtype != pixels.dtype:  # an 8-bit source beside a deep candidate, or the other way round
+        own = to_uint8(own) if pixels.dtype == np.uint8 else as_float(own)
     pixels[~valid] = own[~valid]
     alpha = None
     if source.alpha is not None:

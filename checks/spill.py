@@ -462,6 +462,8 @@ def check_mask_spill(ctx: CheckContext, params: SpillParams):
         "compared_fraction": round(share(m.outside), 4),
         "blob_count": len(m.blobs),
     }
+    if not ctx.registration.identity:
+        evidence["registration"] = ctx.registration.evidence()
     if m.changed_fraction < params.fraction_threshold or not m.blobs:
         return []
 
