@@ -141,7 +141,7 @@ def small_lab(image: AnalysisImage) -> np.ndarray:
 
 def _small_region(ctx: CheckContext) -> np.ndarray:
     return ctx.shared(f"color:small_region@{FIT_SIDE}",
-                      lambda: _small(ctx.registration.unedited_region().astype(np.float32)) > 0.5)
+                      lambda: _small(ctx.registered_unedited_region().astype(np.float32)) > 0.5)
 
 
 def measure_white_balance(ctx: CheckContext) -> WhiteBalanceShift:
@@ -162,7 +162,7 @@ def measure_white_balance(ctx: CheckContext) -> WhiteBalanceShift:
 def check_color_temperature_drift(ctx: CheckContext, params: ColorParams):
     """White-balance shift against the source: warm/cool in mired, green/magenta in Duv."""
     shift = measure_white_balance(ctx)
-    region = ctx.registration.unedited_region()
+    region = ctx.registered_unedited_region()
     small_region = _small_region(ctx)
     lab_before = small_lab(ctx.registered_source)[small_region].mean(axis=0)
     lab_after = small_lab(ctx.candidate)[small_region].mean(axis=0)

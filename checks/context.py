@@ -13,12 +13,12 @@ repair loop and a server check many candidates against one source, whose analyse
 once. A stored analysis is what computing it again would give, so no report depends on the store.
 
 Candidate and source are comparable when their aspect ratios agree within ``ASPECT_TOLERANCE``
-(:func:`same_aspect`, the one test of that for every layer). Comparable is not yet pixel-aligned: an
-edit may have mirrored, turned, zoomed or shifted the picture. :attr:`CheckContext.registration`
+(:func:`same_aspect`, the one test of that for every layer). Comparable is not yet pixel-aligned:
+an edit may have mirrored, turned, zoomed or shifted the picture. :attr:`CheckContext.registration`
 brings the source into the candidate's frame once per context (:mod:`fixloop.checks.registration`),
-and the checks that compare pixels read :attr:`CheckContext.registered_source` and the registration's
-unedited region; ``source`` stays the image as given, for the structure checks that measure the
-geometry itself.
+and the checks that compare pixels read :attr:`CheckContext.registered_source` and
+:meth:`CheckContext.registered_unedited_region`; ``source`` stays the image as given, for the
+structure checks that measure the geometry itself.
 """
 
 from __future__ import annotations
@@ -328,6 +328,25 @@ class CheckContext:
             return outside if share(outside) >= min_fraction else whole
 
         return self.shared(f"unedited_region:{margin}:{min_fraction}", compute)
+
+    def registered_unedited_region(self, margin: float = 0.02, min_fraction: float = 0.10) -> np.ndarray:
+        """:meth:`unedited_region` in the candidate's frame, for comparisons with :attr:`registered_source`:
+        outside the registered edit mask grown by ``margin`` of the diagonal, and only where the
+        registered source covers the candidate. The same array as :meth:`unedited_region` when the
+        source did not move."""
+        registration = self.registration
+        if registration.identity:
+            return self.unedited_region(margin, min_fraction)
+
+        def compute() -> np.ndarray:
+            whole = np.ones(self.size[::-1], dtype=bool) if registration.valid is None else registration.valid
+            if registration.mask is None:
+                return whole
+            radius = max(1, round(margin * float(np.hypot(*self.size))))
+            outside = ~grow_mask(registration.mask, radius) & whole
+            return outside if share(outside) >= min_fraction else whole
+
+        return self.shared(f"registered_unedited_region:{margin}:{min_fraction}", compute)
 
     def candidate_box(self, box: Sequence[float]) -> list[int]:
         """Analysis-size box [x0, y0, x1, y1] -> candidate-pixel box, clipped to the image."""

@@ -113,7 +113,7 @@ def check_exposure_drift(ctx: CheckContext, params: ExposureParams):
         baseline_name = "the source"
         # earlier passes against the source as given; the candidate against the registered source
         changes = [measure_exposure(ctx.source, image, ctx.unedited_region()) for image in ctx.history]
-        region = ctx.registration.unedited_region()
+        region = ctx.registered_unedited_region()
         changes.append(measure_exposure(ctx.registered_source, ctx.candidate, region))
     elif ctx.history:
         baseline, passes = ctx.history[0], [*ctx.history[1:], ctx.candidate]

@@ -27,7 +27,8 @@ frame (bicubic). Where the source does not reach (the corners a rotation uncover
 uncovers) it shows the candidate's own pixels, so those pixels compare equal and raise nothing;
 :attr:`Registration.valid` marks the pixels the source covers, and the edit mask is carried into the
 candidate's frame too (:attr:`Registration.mask`). Checks compare within
-:meth:`Registration.unedited_region`, which leaves out both the edit mask and the uncovered border.
+:meth:`CheckContext.registered_unedited_region`, which leaves out both the edit mask and the
+uncovered border.
 
 What the geometry itself is worth reporting is decided by the structure checks, not here: mirrored
 (a flip), perspective_broken (a tilt, measured against the flipped source when the registration
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from fixloop.checks.geometry import grow_mask, share, shrink
+from fixloop.checks.geometry import share, shrink
 
 if TYPE_CHECKING:
     from fixloop.checks.context import AnalysisImage, CheckContext
@@ -71,7 +72,7 @@ class Registration:
     mask: np.ndarray | None = field(repr=False)  # the edit mask in the candidate's frame (bool), None without a mask
     correlation: float  # ECC correlation of the fitted map (1.0 when nothing was fitted)
     correlation_unmoved: float  # the same, of no move
-    _ctx: "CheckContext" = field(repr=False)
+    size: tuple[int, int]  # the analysis size (w, h) of both
 
     @property
     def identity(self) -> bool:
@@ -112,24 +113,6 @@ class Registration:
         """Share of the candidate's frame the source covers."""
         return 1.0 if self.valid is None else share(self.valid)
 
-    def unedited_region(self, margin: float = 0.02, min_fraction: float = 0.10) -> np.ndarray:
-        """:meth:`CheckContext.unedited_region` in the candidate's frame: outside the (registered) edit
-        mask grown by ``margin`` of the diagonal, and where the source covers the candidate."""
-        ctx = self._ctx
-        if self.identity:
-            return ctx.unedited_region(margin, min_fraction)
-
-        def compute() -> np.ndarray:
-            size = ctx.size
-            whole = np.ones(size[::-1], dtype=bool) if self.valid is None else self.valid
-            if self.mask is None:
-                return whole
-            radius = max(1, round(margin * float(np.hypot(*size))))
-            outside = ~grow_mask(self.mask, radius) & whole
-            return outside if share(outside) >= min_fraction else whole
-
-        return ctx.shared(f"registration:unedited_region:{margin}:{min_fraction}", compute)
-
     def evidence(self) -> dict:
         """What a finding measured against the registered source may report about it."""
         return {"flipped": self.flipped, "rotation_deg": round(self.rotation, 3), "scale": round(self.scale, 4),
@@ -137,7 +120,7 @@ class Registration:
 
     def _shift(self) -> np.ndarray:
         """Analysis px the frame's centre moved by (candidate centre -> where it is in the source)."""
-        w, h = self._ctx.size
+        w, h = self.size
         centre = np.array([(w - 1) / 2, (h - 1) / 2])
         return self.to_source[:, :2] @ centre + self.to_source[:, 2] - centre
 
@@ -229,7 +212,7 @@ def register(ctx: "CheckContext") -> Registration:
     """Register ``ctx.source`` to ``ctx.candidate`` (see the module docstring)."""
     identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     unmoved = Registration(source=ctx.source, to_source=identity, flipped=False, moved=False, valid=None,
-                           mask=ctx.mask, correlation=1.0, correlation_unmoved=1.0, _ctx=ctx)
+                           mask=ctx.mask, correlation=1.0, correlation_unmoved=1.0, size=ctx.size)
     if ctx.source is None or not ctx.aligned:
         return unmoved
     (cand, _), (src, _) = _grey(ctx.candidate), _grey(ctx.source)
@@ -296,7 +279,7 @@ def _mirrored(ctx: "CheckContext", to_source: np.ndarray, rho: float, base: floa
     """The source mirrored exactly (columns reversed), alpha and mask with it."""
     mask = None if ctx.mask is None else np.ascontiguousarray(ctx.mask[:, ::-1])
     return Registration(source=mirrored_source(ctx), to_source=to_source, flipped=True, moved=False, valid=None,
-                        mask=mask, correlation=rho, correlation_unmoved=base, _ctx=ctx)
+                        mask=mask, correlation=rho, correlation_unmoved=base, size=ctx.size)
 
 
 def _resampled(ctx: "CheckContext", to_source: np.ndarray, flipped: bool, rho: float, base: float) -> Registration:
@@ -334,4 +317,4 @@ def _resampled(ctx: "CheckContext", to_source: np.ndarray, flipped: bool, rho: f
                               borderMode=cv2.BORDER_REPLICATE) >= 0.5
     return Registration(source=image, to_source=to_source, flipped=flipped, moved=True,
                         valid=None if valid.all() else valid, mask=mask, correlation=rho,
-                        correlation_unmoved=base, _ctx=ctx)
+                        correlation_unmoved=base, size=ctx.size)
