@@ -1,7 +1,7 @@
 """Do verdicts hold still under changes that do not touch what a check measures?
 
     python -m bench.stability [--photos DIR] [--split fit|report|all] [--limit N] [--jobs N]
-                              [--only KIND ...] [--out FILE.json]
+                              [--only KIND ...] [--changes CHANGE ...] [--raw] [--out FILE.json]
 
 For every shared photo the checks run twice against the photo as the source: once on the photo
 itself (the baseline) and once on the photo after one change that no defect is made of. Each row
@@ -22,7 +22,8 @@ changes and are not counted there. Under ``background`` and ``edge ring`` only `
 ``subjects_swapped`` are counted: the faces did not change, whatever else the change is.
 
 Findings reported as ``inherited`` (the source has them in the same way) never count toward the
-verdict, so they do not count here either. ``--out`` writes every photo's before/after kinds as JSON.
+verdict, so they do not count here either; ``--raw`` counts them, which shows how still the
+detectors themselves are before the engine marks what the source had. ``--out`` writes every photo's before/after kinds as JSON.
 """
 
 from __future__ import annotations
@@ -125,16 +126,16 @@ def counted(change: str, kind: str) -> bool:
     return True
 
 
-def failing_kinds(report) -> dict[str, str]:
-    """kind -> the first P0/P1 message of that kind that counts toward the verdict."""
+def failing_kinds(report, raw: bool = False) -> dict[str, str]:
+    """kind -> the first P0/P1 message of that kind that counts toward the verdict (``raw``: inherited too)."""
     kinds: dict[str, str] = {}
     for finding in report.findings:
-        if finding.priority.value in ("P0", "P1") and not getattr(finding, "inherited", False):
+        if finding.priority.value in ("P0", "P1") and (raw or not getattr(finding, "inherited", False)):
             kinds.setdefault(finding.kind, finding.message)
     return kinds
 
 
-def photo_rows(path: str, changes: list[str], only: list[str] | None) -> dict[str, Any]:
+def photo_rows(path: str, changes: list[str], only: list[str] | None, raw: bool = False) -> dict[str, Any]:
     """Baseline and every change of one photo: {change: {"before": {...}, "after": {...}}}."""
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
@@ -147,7 +148,7 @@ def photo_rows(path: str, changes: list[str], only: list[str] | None) -> dict[st
     image = to_uint8(load_image(path).pixels)[..., :3]
     names = only or None
     base = run_checks(CheckContext.from_arrays(image, image), policy, names=names)
-    before = failing_kinds(base)
+    before = failing_kinds(base, raw)
     rows: dict[str, Any] = {"photo": Path(path).name, "before": before, "changes": {}}
     for change in changes:
         changed = CHANGES[change](image)
@@ -155,7 +156,7 @@ def photo_rows(path: str, changes: list[str], only: list[str] | None) -> dict[st
             continue
         report = run_checks(CheckContext.from_arrays(changed, image), policy, names=names)
         errors = [run.name for run in report.checks if run.status.value == "error"]
-        rows["changes"][change] = {"after": failing_kinds(report), "errors": errors}
+        rows["changes"][change] = {"after": failing_kinds(report, raw), "errors": errors}
     return rows
 
 
@@ -186,16 +187,17 @@ def table(rows: list[dict[str, Any]], changes: list[str], kinds: list[str]) -> d
 
 
 def run(photos: list[Path], changes: list[str], only: list[str] | None, jobs: int,
-        progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+        progress: Callable[[str], None] | None = None, raw: bool = False) -> list[dict[str, Any]]:
     rows = []
     if jobs <= 1:
         for path in photos:
-            rows.append(photo_rows(str(path), changes, only))
+            rows.append(photo_rows(str(path), changes, only, raw))
             if progress:
                 progress(path.name)
         return rows
     with ProcessPoolExecutor(jobs) as pool:
-        for row in pool.map(photo_rows, [str(p) for p in photos], [changes] * len(photos), [only] * len(photos)):
+        for row in pool.map(photo_rows, [str(p) for p in photos], [changes] * len(photos), [only] * len(photos),
+                            [raw] * len(photos)):
             rows.append(row)
             if progress:
                 progress(row["photo"])
@@ -222,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--only", nargs="*", help="run only these checks")
     parser.add_argument("--changes", nargs="*", choices=list(CHANGES), default=list(CHANGES))
+    parser.add_argument("--raw", action="store_true",
+                        help="count inherited findings too: how still the detectors themselves are")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if str(REPO) not in sys.path:
@@ -236,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     done = []
     rows = run(photos, args.changes, args.only, args.jobs,
-               progress=lambda name: (done.append(name), print(f"  {len(done)}/{len(photos)} {name}", file=sys.stderr)))
+               progress=lambda name: (done.append(name), print(f"  {len(done)}/{len(photos)} {name}", file=sys.stderr)),
+               raw=args.raw)
     kinds = [k for k in DEFECT_KINDS if not args.only or k in args.only]
     cells = table(rows, args.changes, kinds)
     print(format_table(cells, args.changes))

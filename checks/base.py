@@ -163,6 +163,7 @@ class CheckSpec:
     # (for checks that judge the candidate on its own, such as hands; checks that compare with the
     # source already know what the source had).
     inheritable: bool = False
+    judge_source_alone: bool = True  # with ``inheritable``: also run the check on the source alone
 
     @property
     def kind(self) -> DefectKind:
@@ -192,13 +193,15 @@ def register_check(
     params: type[CheckParams],
     requires: tuple[str, ...] = (),
     inheritable: bool = False,
+    judge_source_alone: bool = True,
 ) -> Callable[[CheckFunction], CheckFunction]:
     """Decorator: register ``function`` as the check for defect kind ``name``.
 
     ``requires`` lists inputs the check cannot run without (``"source"``, ``"mask"``,
     ``"references"``, ``"history"``); when one is missing the check is reported as skipped.
-    ``inheritable``: with a source, the engine also runs the check on the source alone and marks the
-    candidate's findings the source has at the same place as ``inherited``.
+    ``inheritable``: with a source, the engine marks as ``inherited`` the candidate's findings whose
+    region keeps the source's pixels and, unless ``judge_source_alone`` is false (a check that already
+    compares with the source), those the check finds at the same place on the source alone.
     """
 
     def decorate(function: CheckFunction) -> CheckFunction:
@@ -209,6 +212,7 @@ def register_check(
                 params_model=params,
                 requires=requires,
                 inheritable=inheritable,
+                judge_source_alone=judge_source_alone,
                 description=(function.__doc__ or "").strip().splitlines()[0] if function.__doc__ else "",
             )
         )

@@ -578,7 +578,7 @@ def _same_frame(matrix: np.ndarray, size: tuple[int, int]) -> bool:
             and abs(matrix[1, 2]) <= SAME_FRAME_SHIFT * size[1])
 
 
-@register_check("subject_cropped", CropParams)
+@register_check("subject_cropped", CropParams, inheritable=True, judge_source_alone=False)
 def check_subject_cropped(ctx: CheckContext, params: CropParams):
     """A main person's face, hands, feet or torso cut by the frame border; canvas extension per side."""
     measure = measure_crop(ctx, params)

@@ -107,3 +107,21 @@ def resize_image(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
     out = cv2.resize(array, size, interpolation=interpolation)
     return out if out.dtype == np.uint8 else np.clip(out, 0, 1)
+
+
+def correlation(a: np.ndarray, b: np.ndarray, box: Sequence[float], trim: float = 0.0, sigma: float = 0.8) -> float | None:
+    """Correlation of two aligned grey images inside ``box`` (x0 y0 x1 y1, less ``trim`` of its size on
+    every side), both smoothed by ``sigma`` px: near 1 when one is the other re-lit or re-encoded, low
+    when the content differs. None for a box under 8 px a side or without contrast."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    dx, dy = trim * (x1 - x0), trim * (y1 - y0)
+    h, w = a.shape[:2]
+    c0, r0 = max(0, int(round(x0 + dx))), max(0, int(round(y0 + dy)))
+    c1, r1 = min(w, int(round(x1 - dx))), min(h, int(round(y1 - dy)))
+    if c1 - c0 < 8 or r1 - r0 < 8:
+        return None
+    pa = cv2.GaussianBlur(a[r0:r1, c0:c1].astype(np.float64), (0, 0), sigma)
+    pb = cv2.GaussianBlur(b[r0:r1, c0:c1].astype(np.float64), (0, 0), sigma)
+    pa, pb = pa - pa.mean(), pb - pb.mean()
+    norm = float(np.sqrt((pa * pa).sum() * (pb * pb).sum()))
+    return float((pa * pb).sum() / norm) if norm > 0 else None

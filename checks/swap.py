@@ -20,6 +20,10 @@ before, are also reported as duplicated. Without a source, positions come from a
 shows several people in one frame; several single-face references give identities but no positions,
 so only a duplicated identity (two candidate faces matching one reference person) can be told.
 
+Faces the edit left alone (their inner pixels still correlate with the source's at
+``unchanged_correlation``, see ``checks/identity.py``) were exchanged with nobody: an event whose
+faces are all such faces is not reported.
+
 Each finding's region covers the faces involved; the repair mask is each face with hairline, chin
 and ears (see :func:`fixloop.checks.identity.face_repair_mask`), the input of a per-subject (two-subjects) repair.
 """
@@ -42,6 +46,7 @@ from fixloop.checks.identity import (
     embedded_faces,
     face_repair_mask,
     get_embedder,
+    kept_from_source,
     pair_by_position,
     position_names,
     reference_faces,
@@ -219,6 +224,8 @@ def check_subjects_swapped(ctx: CheckContext, params: SwapParams):
     measurement = measure_swaps(ctx, embedder, params)
     findings = []
     for event in measurement.events:
+        if all(kept_from_source(ctx, face.box, params) for face in event.faces):
+            continue  # every face involved is the source's own, re-lit or re-encoded: nothing was exchanged
         mask = np.zeros(ctx.size[::-1], dtype=bool)
         for face in event.faces:
             mask |= face_repair_mask(ctx.size, face.box, params.mask_grow_side, params.mask_grow_top,
