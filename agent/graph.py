@@ -43,7 +43,7 @@ from fixloop.agent.planner import PlanContext, find_fallback, plan_repair
 from fixloop.agent.state import (Attempt, AttemptCause, MaskSource, OpenCause, OpenDefect, Outcome, RunState,
                                  Spend, StopReason)
 from fixloop.agent.triage import restrict, triage as choose_next
-from fixloop.agent.verify import changed_pixels, judge, outside_change
+from fixloop.agent.verify import changed_pixels, clipped_pixels, judge, outside_change
 from fixloop.checks.images import InputError
 from fixloop.tools.base import backend_for_tool, load_tool
 
@@ -347,7 +347,8 @@ def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
         input_findings = _moved(state.input_findings, attempt, after_image)
         verdict = judge(attempt.plan, before, after, [p.value for p in ctx.policy.gate.fail_on],
                         settings.min_improvement, settings.worse_factor, report.verdict, spill,
-                        input_findings=input_findings, changed=changed_pixels(before_image, after_image))
+                        input_findings=input_findings, changed=changed_pixels(before_image, after_image),
+                        input_clipped=_input_clipped(state, ctx, after_image))
         attempt.outcome = Outcome.accepted if verdict.accepted else Outcome.rolled_back
         attempt.cause, attempt.reason = verdict.cause, verdict.reason
         attempt.notes.extend(verdict.notes)
@@ -370,6 +371,16 @@ def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
     update["attempts"] = [attempt]
     update["spend"] = _spend(state, started, check_seconds=check_seconds)
     return update
+
+
+def _input_clipped(state: RunState, ctx: RunContext, after_image: np.ndarray) -> np.ndarray | None:
+    """Where the run's input was clipped, on the current image's pixels; None once an accepted outpaint
+    or flip has moved the picture (then no region is excused by it)."""
+    moved = state.canvas_pad or any(a.outcome == Outcome.accepted and _flip_axis(a) for a in state.attempts)
+    image = ctx.image_array(state.inputs.image)
+    if moved or image.shape[:2] != after_image.shape[:2]:
+        return None
+    return clipped_pixels(image)
 
 
 def _flip_axis(attempt: Attempt) -> str | None:

@@ -22,6 +22,9 @@ in order, and the attempt records which one decided (:class:`~agent.state.SideEf
   not the repair's doing, even when an earlier pass hid it for a while);
 - ``untouched``: the repair changed less than ``UNTOUCHED_SHARE`` of the pixels of its region (outside
   its mask, say): a repair cannot create a defect where it did not change the picture;
+- ``clipped_in_input``: a loss of detail (``texture_blur``) where at least ``CLIPPED_SHARE`` of the
+  region was clipped in the run's input (a channel at ``CLIPPED_LEVEL`` or more): the detail was gone
+  before the run; darkening a blown-out sky shows its flatness, it does not make it;
 - ``traded``: it is a P2 (or a P2 that got worse): the repair removed a P0/P1 target, so the P2 is
   accepted and reported as the price of the fix;
 - ``caused``: otherwise. A P0/P1 the repair caused rolls the attempt back (``new_defect``).
@@ -57,6 +60,13 @@ WHOLE_IMAGE_NOTE = "whole-image repair: nothing outside the mask to protect"
 CHANGED_LEVEL = 2
 # A region the repair changed less than this share of is untouched by it.
 UNTOUCHED_SHARE = 0.01
+# Clipped pixels: a channel at this level or more (8-bit; JPEG rings just below 255).
+CLIPPED_LEVEL = 250
+# A detail loss on a region at least this clipped in the run's input was there before the run. On the
+# shared photos brightened 1 EV, the regions whose flatness an exposure pass then showed were 67-94 %
+# clipped (max channel >= 250), against 0-19 % in the photos themselves.
+CLIPPED_SHARE = 0.5
+DETAIL_KINDS = ("texture_blur",)
 
 
 @dataclass
@@ -134,8 +144,23 @@ def _touched(box: list[int] | None, changed: np.ndarray | None) -> bool:
     return patch.size == 0 or bool(patch.mean() >= UNTOUCHED_SHARE)
 
 
+def clipped_pixels(image: np.ndarray) -> np.ndarray:
+    """Where ``image`` (uint8) is clipped: a channel at ``CLIPPED_LEVEL`` or more."""
+    return image[..., :3].max(axis=2) >= CLIPPED_LEVEL
+
+
+def _clipped(box: list[int] | None, clipped: np.ndarray | None) -> bool:
+    if clipped is None:
+        return False
+    if box is None:
+        return bool(clipped.mean() >= CLIPPED_SHARE)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    patch = clipped[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
+    return patch.size > 0 and bool(patch.mean() >= CLIPPED_SHARE)
+
+
 def side_effect_rule(finding: FindingRecord, fail_on: list[str], input_findings: Sequence[FindingRecord],
-                     changed: np.ndarray | None) -> SideEffectRule:
+                     changed: np.ndarray | None, input_clipped: np.ndarray | None = None) -> SideEffectRule:
     """Which rule decides about ``finding``, found after an attempt and not before it (module docstring)."""
     if finding.inherited:
         return SideEffectRule.inherited
@@ -143,6 +168,8 @@ def side_effect_rule(finding: FindingRecord, fail_on: list[str], input_findings:
         return SideEffectRule.in_input
     if not _touched(finding.box, changed):
         return SideEffectRule.untouched
+    if finding.kind in DETAIL_KINDS and _clipped(finding.box, input_clipped):
+        return SideEffectRule.clipped_in_input
     if finding.priority not in fail_on:
         return SideEffectRule.traded
     return SideEffectRule.caused
@@ -150,11 +177,13 @@ def side_effect_rule(finding: FindingRecord, fail_on: list[str], input_findings:
 
 def judge(plan: RepairPlan, before: Sequence[FindingRecord], after: Sequence[FindingRecord], fail_on: list[str],
           min_improvement: float, worse_factor: float, verdict: str, spill: Spill | None,
-          input_findings: Sequence[FindingRecord] = (), changed: np.ndarray | None = None) -> Judgement:
+          input_findings: Sequence[FindingRecord] = (), changed: np.ndarray | None = None,
+          input_clipped: np.ndarray | None = None) -> Judgement:
     """Accept or reject one attempt (see the module docstring for the rules, in order). ``spill`` is
     None when the repair was not asked to keep the pixels outside a mask (a local, deterministic tool);
     ``input_findings`` are the run input's findings placed on this image; ``changed`` is where the
-    attempt changed the picture (:func:`changed_pixels`; None: everywhere)."""
+    attempt changed the picture (:func:`changed_pixels`; None: everywhere); ``input_clipped`` is where
+    the run's input was clipped, placed on this image (:func:`clipped_pixels`; None: unknown)."""
     if verdict == "error":
         return Judgement(False, AttemptCause.check_error, "a check failed on the output, so it cannot be judged")
     notes: list[str] = []
@@ -196,7 +225,7 @@ def judge(plan: RepairPlan, before: Sequence[FindingRecord], after: Sequence[Fin
                          "inside its limit", notes)
 
     effects = [SideEffect(key=f.key, kind=f.kind, priority=f.priority,
-                          rule=side_effect_rule(f, fail_on, input_findings, changed))
+                          rule=side_effect_rule(f, fail_on, input_findings, changed, input_clipped))
                for f in after if f.key not in before_by_key]
     worse = [(before_by_key[f.key], f) for f in after
              if f.key in before_by_key and not f.inherited and (f.threshold, f.unit) == (before_by_key[f.key].threshold, before_by_key[f.key].unit)
@@ -222,6 +251,7 @@ EFFECT_WORDS = {
     SideEffectRule.inherited: "not counted: the source has it in the same way",
     SideEffectRule.in_input: "not counted: the run's input already had it there",
     SideEffectRule.untouched: "not counted: the repair did not change the pixels of its region",
+    SideEffectRule.clipped_in_input: "not counted: the run's input was already clipped there, its detail gone",
     SideEffectRule.traded: "accepted as the price of the fix (a P2 side effect)",
 }
 

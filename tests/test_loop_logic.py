@@ -742,6 +742,22 @@ def test_a_defect_is_new_only_if_the_repair_caused_it():
     assert any("price of the fix" in note for note in traded.notes)
 
 
+def test_detail_lost_where_the_input_was_clipped_is_not_a_new_blur():
+    from fixloop.agent.state import SideEffectRule
+    from fixloop.agent.verify import clipped_pixels
+
+    plan = plan_for("exposure_drift", score=0.9, threshold=0.25)
+    blur = record("texture_blur", "P1", 0.3, 0.55, box=[40, 40, 80, 80])
+    brightened = np.full((200, 200, 3), 120, dtype=np.uint8)
+    brightened[30:90, 30:90] = 255  # a blown-out patch under the finding's box
+    verdict = judge(plan, [plan.target], [blur], FAIL_ON, SETTINGS.min_improvement, SETTINGS.worse_factor,
+                    "fail", None, input_clipped=clipped_pixels(brightened))
+    assert verdict.accepted and verdict.side_effects[0].rule == SideEffectRule.clipped_in_input
+    elsewhere = blur.model_copy(update={"box": [120, 120, 180, 180]})
+    assert not judge(plan, [plan.target], [elsewhere], FAIL_ON, SETTINGS.min_improvement, SETTINGS.worse_factor,
+                     "fail", None, input_clipped=clipped_pixels(brightened)).accepted
+
+
 def test_a_p2_made_worse_is_traded_a_p1_is_not():
     from fixloop.agent.state import SideEffectRule
 
