@@ -468,19 +468,23 @@ def _excess(finding: Mapping[str, Any]) -> float:
 
 
 def summarise(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Counts per verdict and, per defect kind, findings per priority and images with it."""
+    """Counts per verdict and, per defect kind, findings per priority and images with it (findings the
+    source already had, ``inherited``, counted apart: they do not fail an image)."""
     verdicts = {v: 0 for v in VERDICTS}
     kinds: dict[str, dict[str, int]] = {}
     for row in rows:
         verdicts[row.get("verdict", "error") if row.get("verdict") in VERDICTS else "error"] += 1
         seen = set()
         for finding in row.get("findings") or []:
-            entry = kinds.setdefault(finding["kind"], {"P0": 0, "P1": 0, "P2": 0, "images": 0})
+            entry = kinds.setdefault(finding["kind"], {"P0": 0, "P1": 0, "P2": 0, "images": 0, "inherited": 0})
+            if finding.get("inherited"):
+                entry["inherited"] += 1
+                continue
             entry[finding["priority"]] += 1
             if finding["kind"] not in seen:
                 entry["images"] += 1
                 seen.add(finding["kind"])
-    ordered = dict(sorted(kinds.items(), key=lambda kv: (-kv[1]["images"], kv[0])))
+    ordered = dict(sorted(kinds.items(), key=lambda kv: (-kv[1]["images"], -kv[1]["inherited"], kv[0])))
     return {"total": len(rows), "verdicts": verdicts, "kinds": ordered, "exit_code": exit_code(verdicts)}
 
 

@@ -694,8 +694,8 @@ def print_summary(outcome: GateOutcome, console=None) -> None:
     say(console, f"[bold]fixloop gate[/bold]: {s['total']} images{resumed}: [green]{v['pass']} pass[/green] · "
                   f"[red]{v['fail']} fail[/red] · [yellow]{v['error']} error[/yellow]; {s['checked']} checked in "
                   f"{s['seconds']:.1f} s ({rate}, {s['engine']}, {s['jobs']} job(s))")
-    if s["kinds"]:
-        kinds = " · ".join(f"{kind} {n['images']}" for kind, n in list(s["kinds"].items())[:8])
+    kinds = " · ".join(f"{kind} {n['images']}" for kind, n in list(s["kinds"].items())[:8] if n["images"])
+    if kinds:
         say(console, f"  images per defect: {kinds}")
     for entry in s["errors"][:5]:
         say(console, f"  [yellow]error[/yellow] {escape(entry['id'])}: {escape(entry['error'] or '')}")

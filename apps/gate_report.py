@@ -131,7 +131,8 @@ def _finding_item(finding: dict[str, Any]) -> str:
     return (f'<li><span class="badge" style="background:{colour}">{_esc(finding["priority"])}</span>'
             f'<span class="kind">{_esc(finding["kind"])}</span> <span class="measure">{_esc(finding["stage"])} · '
             f'measured {finding["score"]:.3g} {_esc(finding["unit"])}, limit {finding["threshold"]:.3g}{_esc(where)}'
-            f'</span><br>{_esc(finding["message"])}</li>')
+            f'</span><br>{"(inherited: the source has it too; not counted) " if finding.get("inherited") else ""}'
+            f'{_esc(finding["message"])}</li>')
 
 
 def _links(row: dict[str, Any], page_dir: Path) -> str:
@@ -185,10 +186,12 @@ def render_report(rows: Sequence[dict[str, Any]], summary: dict[str, Any], page_
     out.append("<h2>Defects found</h2>")
     if summary["kinds"]:
         out.append('<table id="kinds"><thead><tr><th>defect</th><th class="num">images</th><th class="num">P0</th>'
-                   '<th class="num">P1</th><th class="num">P2</th></tr></thead><tbody>')
+                   '<th class="num">P1</th><th class="num">P2</th><th class="num" title="the source has it too: '
+                   'not counted">inherited</th></tr></thead><tbody>')
         for kind, counts in summary["kinds"].items():
             out.append(f'<tr data-kind="{_esc(kind)}"><td>{_esc(kind)}</td><td class="num">{counts["images"]}</td>'
-                       + "".join(f'<td class="num">{counts[p] or ""}</td>' for p in ("P0", "P1", "P2")) + "</tr>")
+                       + "".join(f'<td class="num">{counts.get(p) or ""}</td>' for p in ("P0", "P1", "P2", "inherited"))
+                       + "</tr>")
         out.append("</tbody></table>")
     else:
         out.append("<p>No defect was found.</p>")

@@ -103,7 +103,9 @@ def run_case(photo: str, kind: str, passes: int, work: str) -> dict[str, Any]:
     before = _counted(first)
     after = _counted(state.findings)
     if kind == "halo":
-        final = to_uint8(load_image(state.current_image).pixels)[..., :3]
+        current = Path(state.current_image)
+        current = current if current.is_absolute() else Path(inputs.out_dir) / current
+        final = to_uint8(load_image(current).pixels)[..., :3]
         row["edge_detail"] = edge_detail(case.source, case.candidate, final)
     return {
         **row,
