@@ -648,7 +648,7 @@ def measure_change(before, after) -> dict[str, float]:
     from fixloop.checks.exposure import measure_exposure
 
     ctx = CheckContext.from_arrays(after, before)
-    change = measure_exposure(ctx.source, ctx.candidate, ctx.unedited_region())
+    change = measure_exposure(ctx.registered_source, ctx.candidate, ctx.registered_unedited_region())
     return {"ev": float(change.ev), "mired": float(measure_white_balance(ctx).mired)}
 
 
