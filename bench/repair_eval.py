@@ -15,10 +15,12 @@ flag is counted as ``not flagged``, not as resolved):
 
 - ``resolved``: no P0/P1 finding of the injected kind (that counts toward the verdict) on the final image;
 - ``clean``: the final image passes (no P0/P1 at all that counts);
-- ``worse``: the final image has a counted P0/P1 kind that the input did not have;
-- ``edge detail`` (halo): the detail on the people's outline of the final image, as a share of the
-  source's (median; mean |Laplacian| in a 9-px band across the outline): below 1, the repair softened
-  the edge;
+- ``worse``: the final image has a counted P0/P1 kind that the input did not have (listed apart when
+  verify judged it not the repair's doing, e.g. ``texture_blur clipped_in_input``: detail the input
+  had already lost to clipping, which a darkening pass shows);
+- ``edge detail`` (halo): the detail on the people's outline of the final image where the halo was
+  resolved, as a share of the source's (median; mean |Laplacian| in a 9-px band across the outline):
+  below 1, the repair softened the edge; above 1, some of the fringe's own edges are left;
 - ``rollbacks``: attempts rolled back because verify judged a P0/P1 to be caused or made worse by the
   repair (``new_defect``, ``made_worse``), with the kinds that caused them.
 
@@ -153,8 +155,15 @@ def summarise(rows: list[dict[str, Any]], kinds: list[str]) -> dict[str, dict[st
             for a in r["attempts"]:
                 if a["cause"] in ROLLBACK_CAUSES:
                     rollbacks[a["reason"].split(":")[1].split("(")[0].strip() if ":" in a["reason"] else a["cause"]] += 1
-        details = [r["edge_detail"]["final"] for r in mine if "edge_detail" in r]
-        out[kind] = {"edge_detail_final": round(float(np.median(details)), 3) if details else None,
+        details = [r["edge_detail"]["final"] for r in flagged if "edge_detail" in r and r["resolved"]]
+        excused = Counter()
+        for r in mine:
+            rules = {e["kind"]: e["rule"] for a in r["attempts"] if a["outcome"] == "accepted"
+                     for e in a["side_effects"] if e["rule"] != "caused"}
+            for k in r["worse"]:
+                if k in rules:
+                    excused[f"{k} {rules[k]}"] += 1
+        out[kind] = {"worse_excused": dict(excused), "edge_detail_final": round(float(np.median(details)), 3) if details else None,
                      "cases": len(mine), "flagged": len(flagged),
                      "resolved": sum(r["resolved"] for r in flagged), "clean": sum(r["clean"] for r in flagged),
                      "worse": sum(bool(r["worse"]) for r in mine),
@@ -168,9 +177,12 @@ def format_summary(summary: dict[str, dict[str, Any]]) -> str:
         why = ", ".join(f"{k} {n}" for k, n in sorted(s["rollback_kinds"].items())) or "-"
         lines.append(f"{kind:<10}{s['cases']:>6}{s['flagged']:>8}{s['resolved']:>9}{s['clean']:>7}{s['worse']:>7}"
                      f"{s['rollbacks']:>10}  {why}")
+        if s.get("worse_excused"):
+            lines.append(f"{'':<10}worse, but verify judged it not the repair's: "
+                         + ", ".join(f"{k} {n}" for k, n in sorted(s["worse_excused"].items())))
         if s.get("edge_detail_final") is not None:
-            lines.append(f"{'':<10}edge detail of the final image on the people's outline: median {s['edge_detail_final']:.3f}"
-                         " of the source's")
+            lines.append(f"{'':<10}edge detail on the people's outline where the halo was resolved: median "
+                         f"{s['edge_detail_final']:.3f} of the source's")
     return "\n".join(lines)
 
 
