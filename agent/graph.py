@@ -347,7 +347,8 @@ def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
         input_findings = _moved(state.input_findings, attempt, after_image)
         verdict = judge(attempt.plan, before, after, [p.value for p in ctx.policy.gate.fail_on],
                         settings.min_improvement, settings.worse_factor, report.verdict, spill,
-                        input_findings=input_findings, changed=changed_pixels(before_image, after_image),
+                        input_findings=input_findings,
+                        changed=changed_pixels(before_image, after_image, ctx.source_pixels(after_image, pad)),
                         input_clipped=_input_clipped(state, ctx, after_image))
         attempt.outcome = Outcome.accepted if verdict.accepted else Outcome.rolled_back
         attempt.cause, attempt.reason = verdict.cause, verdict.reason

@@ -21,7 +21,8 @@ in order, and the attempt records which one decided (:class:`~agent.state.SideEf
 - ``in_input``: the run's input had it at the same place (a soft patch the input already had is
   not the repair's doing, even when an earlier pass hid it for a while);
 - ``untouched``: the repair changed less than ``UNTOUCHED_SHARE`` of the pixels of its region (outside
-  its mask, say): a repair cannot create a defect where it did not change the picture;
+  its mask, say), not counting pixels it put back to the source's exactly (composite-back): a repair
+  cannot create a defect where it did not change the picture, or only restored the original;
 - ``clipped_in_input``: a loss of detail (``texture_blur``) where at least ``CLIPPED_SHARE`` of the
   region was clipped in the run's input (a channel at ``CLIPPED_LEVEL`` or more): the detail was gone
   before the run; darkening a blown-out sky shows its flatness, it does not make it;
@@ -125,13 +126,18 @@ def outside_change(before: np.ndarray, after: np.ndarray, mask: np.ndarray | Non
     return Spill(SpillStatus.spilled, found[0].message)
 
 
-def changed_pixels(before: np.ndarray, after: np.ndarray) -> np.ndarray | None:
+def changed_pixels(before: np.ndarray, after: np.ndarray, source: np.ndarray | None = None) -> np.ndarray | None:
     """Where the attempt changed the picture (bool, after's size), or None when the two do not line
-    up pixel for pixel (a grown canvas): then every pixel counts as changed."""
+    up pixel for pixel (a grown canvas): then every pixel counts as changed. Pixels the attempt put
+    back to the ``source``'s exactly (composite-back) are not counted: restoring the original cannot
+    create a defect measured against it."""
     if before.shape[:2] != after.shape[:2]:
         return None
     a, b = before[..., :3].astype(np.int16), after[..., :3].astype(np.int16)
-    return np.abs(a - b).max(axis=2) > CHANGED_LEVEL
+    changed = np.abs(a - b).max(axis=2) > CHANGED_LEVEL
+    if source is not None and source.shape[:2] == after.shape[:2]:
+        changed &= np.abs(source[..., :3].astype(np.int16) - b).max(axis=2) > CHANGED_LEVEL
+    return changed
 
 
 def _touched(box: list[int] | None, changed: np.ndarray | None) -> bool:

@@ -758,6 +758,20 @@ def test_detail_lost_where_the_input_was_clipped_is_not_a_new_blur():
                      "fail", None, input_clipped=clipped_pixels(brightened)).accepted
 
 
+def test_pixels_put_back_to_the_source_are_not_changes():
+    from fixloop.agent.verify import changed_pixels
+
+    source = np.zeros((20, 20, 3), dtype=np.uint8)
+    before = source.copy()
+    before[:, :10] = 90  # an edit that spilled into the left half
+    after = source.copy()  # composite-back: the left half is the source's again
+    after[15:, 15:] = 200  # and something new at the bottom right
+    changed = changed_pixels(before, after, source)
+    assert not changed[:, :10].any() and changed[15:, 15:].all()
+    assert changed_pixels(before, after)[:, :10].all()  # without the source: every moved pixel counts
+    assert changed_pixels(before, np.zeros((21, 20, 3), np.uint8)) is None
+
+
 def test_a_p2_made_worse_is_traded_a_p1_is_not():
     from fixloop.agent.state import SideEffectRule
 
