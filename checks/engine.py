@@ -111,7 +111,9 @@ KEPT_CORRELATION = 0.98
 
 
 def _mark_inherited(ctx: CheckContext, spec, params, found: list[Finding]) -> list[Finding]:
-    """``found`` with the findings the source alone also has (same kind, same place) marked inherited."""
+    """``found`` with the findings the source alone also has (same kind, same place) marked inherited.
+    When the registration found that the picture moved (mirror, rotation, zoom, shift), the source's
+    pixels and places are taken in the candidate's frame."""
     if ctx.source is None or not ctx.aligned:
         return found
     kept = [f.model_copy(update={"inherited": True, "evidence": {**f.evidence, "inherited_because": why}})
@@ -125,9 +127,29 @@ def _mark_inherited(ctx: CheckContext, spec, params, found: list[Finding]) -> li
     except Exception:  # noqa: BLE001 - the source could not be judged: nothing is known to be inherited
         return found
     (cw, ch), (sw, sh) = ctx.candidate.original_size, ctx.source.original_size
-    boxes = [None if f.region is None or f.region.box is None else
-             [f.region.box[0] * cw / sw, f.region.box[1] * ch / sh, f.region.box[2] * cw / sw, f.region.box[3] * ch / sh]
-             for f in before if f.kind == spec.name]
+    registration = ctx.registration
+    if registration.identity:
+        boxes = [None if f.region is None or f.region.box is None else
+                 [f.region.box[0] * cw / sw, f.region.box[1] * ch / sh, f.region.box[2] * cw / sw,
+                  f.region.box[3] * ch / sh]
+                 for f in before if f.kind == spec.name]
+    else:  # source px -> source analysis px -> candidate analysis px (the registration's inverse) -> candidate px
+        import numpy as np
+
+        (aw, ah), (saw, sah) = ctx.size, ctx.source.size
+        to_candidate = np.linalg.inv(np.vstack([registration.to_source, [0.0, 0.0, 1.0]]))[:2]
+        boxes = []
+        for f in before:
+            if f.kind != spec.name:
+                continue
+            if f.region is None or f.region.box is None:
+                boxes.append(None)
+                continue
+            x0, y0, x1, y1 = (float(v) for v in f.region.box)
+            corners = np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]) * [saw / sw, sah / sh]
+            moved = corners @ to_candidate[:, :2].T + to_candidate[:, 2]
+            lo, hi = moved.min(axis=0) * [cw / aw, ch / ah], moved.max(axis=0) * [cw / aw, ch / ah]
+            boxes.append([max(0.0, lo[0]), max(0.0, lo[1]), min(float(cw), hi[0]), min(float(ch), hi[1])])
     marked = []
     for finding in found:
         box = None if finding.region is None else finding.region.box
@@ -139,11 +161,21 @@ def _mark_inherited(ctx: CheckContext, spec, params, found: list[Finding]) -> li
 
 
 def _kept_pixels(ctx: CheckContext, finding: Finding) -> str | None:
-    """Why ``finding``'s region is the source's own pixels, or None when it is not (or has no box)."""
+    """Why ``finding``'s region is the source's own pixels, or None when it is not (or has no box).
+    The region is compared with the registered source (the source in the candidate's frame, the source
+    itself when the picture did not move); a region the moved source covers less than 90 % of is not
+    judged the source's (the rest of it would be the candidate's own pixels)."""
     if finding.region is None or finding.region.box is None:
         return None
     box = [v / ctx.scale_to_candidate for v in finding.region.box]
-    value = correlation(ctx.source.gray, ctx.candidate.gray, box, 0.0, max(0.8, (box[2] - box[0]) / 200))
+    valid = ctx.registration.valid  # None: the source covers every pixel
+    if valid is not None:
+        h, w = valid.shape
+        c0, r0 = max(0, int(round(box[0]))), max(0, int(round(box[1])))
+        c1, r1 = min(w, int(round(box[2]))), min(h, int(round(box[3])))
+        if c1 <= c0 or r1 <= r0 or float(valid[r0:r1, c0:c1].mean()) < 0.9:
+            return None
+    value = correlation(ctx.registered_source.gray, ctx.candidate.gray, box, 0.0, max(0.8, (box[2] - box[0]) / 200))
     if value is None or value < KEPT_CORRELATION:
         return None
     return f"the region's pixels are the source's (grey correlation {value:.3f} >= {KEPT_CORRELATION})"

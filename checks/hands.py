@@ -42,10 +42,13 @@ Rules (each finding names the ones that fired, with the numbers behind them):
   (the most prominent), so only that person's hands are counted. Hands come from the full frame and
   again from crops around the pose wrists (``analyses.hands_with_wrist_crops``), where small hands
   of wide shots and two hands side by side are found.
-* ``hand_appeared`` / ``hand_vanished`` (source, pixel-aligned). Hands matched by place between
-  source and candidate; a hand without a partner gets a targeted second look in the other image (a
-  crop around it) and counts only where the content of its box changed: 1 - correlation of the
-  lightly blurred grey pixels at least ``min_change`` (exposure, colour, noise and blur keep the
+* ``hand_appeared`` / ``hand_vanished`` (source of the same framing). Hands matched by place between
+  source and candidate, in the candidate's frame: the source's hands are carried there by the
+  registration (:attr:`CheckContext.registration`), so a result that was only mirrored, turned,
+  zoomed or shifted keeps every hand's partner. A hand without a partner gets a targeted second look
+  in the other image (a crop around its place there) and counts only where the content of its box
+  changed, against the registered source: 1 - correlation of the lightly blurred grey pixels at
+  least ``min_change`` (exposure, colour, noise and blur keep the
   correlation near 1). An appeared hand is not reported when the candidate also has more faces (a
   person was added, with hands of their own).
 
@@ -58,7 +61,7 @@ grown by ``mask_margin`` palm lengths (the hand, its wrist, what it touches and 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -69,6 +72,7 @@ from fixloop.checks.analyses import Hand, box_iou, same_hand
 from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
 from fixloop.checks.context import AnalysisImage, CheckContext
 from fixloop.checks.geometry import disc, pixel_box, resize_mask
+from fixloop.checks.identity import map_box, map_points, source_to_candidate
 
 FINGER_NAMES = ("thumb", "index", "middle", "ring", "little")
 # Landmark chains per finger: thumb CMC-MCP-IP-tip; fingers MCP-PIP-DIP-tip.
@@ -529,7 +533,7 @@ def hands_per_person(image: AnalysisImage, hands: list[Hand], params: HandsParam
 @dataclass(frozen=True)
 class HandChange:
     kind: str  # "appeared" or "vanished"
-    hand: Hand  # the hand in the image that has it
+    hand: Hand  # the hand in the image that has it, in the candidate's frame
     change: float  # 1 - correlation of the grey pixels inside the hand's box, source vs candidate
 
 
@@ -543,7 +547,8 @@ def same_place(a: Hand, b: Hand) -> bool:
 
 def structural_change(source: AnalysisImage, candidate: AnalysisImage, hand: Hand) -> float:
     """1 - normalised cross-correlation of the grey pixels in the hand's box (lightly blurred): 0 when
-    only brightness, contrast, noise or sharpness changed, towards 1 when the content changed."""
+    only brightness, contrast, noise or sharpness changed, towards 1 when the content changed. The two
+    images must be pixel-aligned (the registered source and the candidate)."""
     palm = max(palm_length(hand), 1.0)
     x0, y0, x1, y1 = pixel_box([float(v) for v in hand.box], candidate.size, 0.05 * palm)
     if x1 - x0 < 4 or y1 - y0 < 4:
@@ -558,22 +563,48 @@ def structural_change(source: AnalysisImage, candidate: AnalysisImage, hand: Han
     return float(1.0 - (a * b).sum() / denominator)
 
 
-def compare_hands(source: AnalysisImage, candidate: AnalysisImage, params: HandsParams) -> list[HandChange]:
-    """Hands present in one of two pixel-aligned images and missing in the other."""
-    before = analyses.hands_with_wrist_crops(source)
+def moved_hand(matrix: np.ndarray | None, hand: Hand) -> Hand:
+    """``hand`` carried through a 2 x 3 affine map (landmarks, box; depth scaled with the map's zoom;
+    handedness as detected); the hand itself for None."""
+    if matrix is None:
+        return hand
+    landmarks = hand.landmarks.astype(np.float64).copy()
+    landmarks[:, :2] = map_points(matrix, landmarks[:, :2])
+    landmarks[:, 2] *= float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+    box = np.array([*landmarks[:, :2].min(axis=0), *landmarks[:, :2].max(axis=0)])
+    return replace(hand, landmarks=landmarks.astype(hand.landmarks.dtype), box=box.astype(np.asarray(hand.box).dtype))
+
+
+def compare_hands(ctx: CheckContext, params: HandsParams) -> list[HandChange]:
+    """Hands present in one of the source and the candidate and missing in the other, compared in the
+    candidate's frame: the source's hands are carried there by the registration, and the pixels of a
+    hand's box are compared with the registered source."""
+    source, candidate = ctx.source, ctx.candidate
+    to_candidate = source_to_candidate(ctx)
+    to_source = None if to_candidate is None else ctx.registration.to_source
+    before = [moved_hand(to_candidate, h) for h in analyses.hands_with_wrist_crops(source)]
     after = analyses.hands_with_wrist_crops(candidate)
 
     def matched(hand: Hand, others: list[Hand]) -> bool:
         return any(same_place(hand, o) for o in others)
 
+    def second_look(hand: Hand, kind: str) -> list[Hand]:
+        """Hands found on a crop around ``hand``'s place in the image that seems to lack it, in the
+        candidate's frame."""
+        if kind == "vanished":
+            return analyses.hands_in_region(candidate, hand.box)
+        if to_source is None:
+            return analyses.hands_in_region(source, hand.box)
+        found = analyses.hands_in_region(source, map_box(to_source, hand.box))
+        return [moved_hand(to_candidate, h) for h in found]
+
     changes = []
-    for kind, present, image_with, image_without in (("appeared", after, candidate, source),
-                                                     ("vanished", before, source, candidate)):
+    for kind, present in (("appeared", after), ("vanished", before)):
         others = before if kind == "appeared" else after
         for hand in present:
-            if matched(hand, others) or matched(hand, analyses.hands_in_region(image_without, hand.box)):
+            if matched(hand, others) or matched(hand, second_look(hand, kind)):
                 continue
-            change = structural_change(source, candidate, hand)
+            change = structural_change(ctx.registered_source, candidate, hand)
             if change >= params.min_change:
                 changes.append(HandChange(kind=kind, hand=hand, change=change))
     return changes
@@ -731,7 +762,7 @@ def check_hand_malformed(ctx: CheckContext, params: HandsParams):
 
     if compared:
         more_faces = len(analyses.faces(image)) > len(analyses.faces(ctx.source))
-        for change in compare_hands(ctx.source, image, params):
+        for change in compare_hands(ctx, params):
             if change.kind == "appeared" and more_faces:
                 continue  # a person was added, with hands of their own
             region, mask = _region(ctx, repair_mask(image.size, change.hand, params.mask_margin, whole_box=True))

@@ -24,9 +24,12 @@ the policy:
 ``identity_drift`` compares the reference faces (``--reference``), or without references the
 source's faces, with the candidate's faces. Faces are paired by position (the face centre as a
 share of the image width and height) when positions mean something (the source, a reference that
-shows several people in one frame, or references whose people were found in the source); several
-single-face references of different people are paired with the candidate's faces by best identity
-match instead, and a single identity is compared with the candidate face that matches it best.
+shows several people in one frame, or references whose people were found in the source); the
+source's faces are first carried into the candidate's frame by the registration
+(:attr:`CheckContext.registration`), so that a result that was only mirrored, turned, zoomed or
+shifted pairs each face with the same person. Several single-face references of different people
+are paired with the candidate's faces by best identity match instead, and a single identity is
+compared with the candidate face that matches it best.
 A pair whose distance crosses the embedder's threshold is a finding; its region is the candidate's
 face box and its repair mask the whole face with hairline, chin and ears (the box grown on every
 side, as an ellipse). A face needed for the comparison that is missing or too small to embed makes
@@ -42,9 +45,10 @@ pair to 0.46. The threshold 0.42 is the middle of that combined gap (0.39 to 0.4
 
 Faces the edit left alone. On small faces (50-65 px) the dlib distance of the source's own face,
 only re-lit (+1 EV, -30 mired) or re-encoded (JPEG q80), reached 0.42-0.435 on the shared set: the
-embedding's noise floor, not another person. So, against a pixel-aligned source, a face whose inner
-pixels (the box less ``INNER_FACE_TRIM`` on every side, lightly smoothed) correlate with the source's
-at ``unchanged_correlation`` or more is the source's own face and is not reported, whatever its
+embedding's noise floor, not another person. So, against a source of the same framing, a face whose
+inner pixels (the box less ``INNER_FACE_TRIM`` on every side, lightly smoothed) correlate with the
+registered source's (the source in the candidate's frame: the source itself when the picture did not
+move) at ``unchanged_correlation`` or more is the source's own face and is not reported, whatever its
 embedding says. Measured on every face of the shared photos: the source's own face after +-1 EV,
 +-30 mired, JPEG q80, a new background or a bright edge ring correlates 0.82 or more (0.87 or more for
 faces of 40 px and wider); a face exchanged with another person's (``tests/defects.face_swap``,
@@ -59,7 +63,7 @@ import hashlib
 import itertools
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Literal, Sequence
 
@@ -401,6 +405,48 @@ def pair_by_identity(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> list[t
     return [(int(i), int(j)) for i, j in zip(rows, cols)]
 
 
+# ---- the source in the candidate's frame ---------------------------------------------------------
+
+
+def source_to_candidate(ctx: CheckContext) -> np.ndarray | None:
+    """2 x 3 affine map from source analysis px to candidate analysis px, the inverse of the
+    registration's (:attr:`CheckContext.registration`: mirror, rotation, zoom, shift); None when the
+    source is compared as it is (no source, framed differently, or the picture did not move)."""
+    if ctx.source is None or not ctx.aligned or ctx.registration.identity:
+        return None
+    return np.linalg.inv(np.vstack([ctx.registration.to_source, [0.0, 0.0, 1.0]]))[:2]
+
+
+def map_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """N x 2 points (px) through a 2 x 3 affine map."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def map_box(matrix: np.ndarray, box: Sequence[float]) -> np.ndarray:
+    """The box (x0, y0, x1, y1) around a box's four corners after a 2 x 3 affine map."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    corners = map_points(matrix, np.array([[x0, y0], [x1, y0], [x0, y1], [x1, y1]]))
+    return np.array([*corners.min(axis=0), *corners.max(axis=0)])
+
+
+def faces_in_candidate_frame(ctx: CheckContext, found: list[EmbeddedFace]) -> list[EmbeddedFace]:
+    """The source's faces with their boxes, keypoints and centres carried into the candidate's frame
+    (so that a face pairs with the candidate face at the same place of the scene after a mirror,
+    rotation, zoom or shift; after a mirror the keypoints keep their order, so a "right eye" is then
+    on the other side). The same list when the source did not move."""
+    matrix = source_to_candidate(ctx)
+    if matrix is None:
+        return found
+    w, h = ctx.size
+    out = []
+    for f in found:
+        box = map_box(matrix, f.box)
+        face = replace(f.face, box=box, keypoints=map_points(matrix, f.face.keypoints))
+        out.append(replace(f, face=face, centre=_centre(box, w, h), width=float(box[2] - box[0]), image_size=(w, h)))
+    return out
+
+
 # ---- what the candidate's faces are compared with ------------------------------------------------
 
 
@@ -477,8 +523,8 @@ def expected_identities(ctx: CheckContext, embedder: FaceEmbedder, min_face_px: 
         identities = cluster_faces(found, embedder)
         positioned = False
         if len(identities) > 1 and ctx.source is not None:
-            # where the referenced people stand: the source faces they match
-            source_faces = usable(embedded_faces(ctx.source, embedder), min_face_px)
+            # where the referenced people stand: the source faces they match (in the candidate's frame)
+            source_faces = faces_in_candidate_frame(ctx, usable(embedded_faces(ctx.source, embedder), min_face_px))
             for identity in identities:
                 identity.centre = None
             for i, j in pair_by_identity([np.stack(p.vectors) for p in identities], [f.vector for f in source_faces]):
@@ -498,9 +544,10 @@ def expected_identities(ctx: CheckContext, embedder: FaceEmbedder, min_face_px: 
     if not kept:
         raise CheckSkipped(f"every face in the source is narrower than {min_face_px:.0f} px: too small to "
                            "compare identities (upscale first)")
-    names = position_names([f.centre for f in kept])
+    names = position_names([f.centre for f in kept])  # where they stand in the source, as the labels say
+    placed = faces_in_candidate_frame(ctx, kept)
     identities = [Identity(label=f"the person{' ' + n if n else ''} in the source", vectors=[f.vector],
-                           centre=f.centre, members=[(0, i)]) for i, (f, n) in enumerate(zip(kept, names))]
+                           centre=p.centre, members=[(0, i)]) for i, (f, p, n) in enumerate(zip(kept, placed, names))]
     return "source", identities, True
 
 
@@ -555,14 +602,36 @@ def _compare(embedder: FaceEmbedder, identity: Identity, face: EmbeddedFace, nam
 INNER_FACE_TRIM = 0.15
 
 
+# Share of the inner face the registered source must cover for its pixels to be compared.
+MIN_FACE_COVER = 0.9
+
+
 def face_correlation(ctx: CheckContext, box: Sequence[float]) -> float | None:
-    """Correlation of the candidate's grey pixels with the source's inside the inner part of ``box``
-    (analysis px), lightly smoothed: near 1 for the source's own face under a change of light, white
-    point or compression, low for another face put there. None without a pixel-aligned source."""
+    """Correlation of the candidate's grey pixels with the registered source's (the source in the
+    candidate's frame, :attr:`CheckContext.registered_source`) inside the inner part of ``box``
+    (candidate analysis px), lightly smoothed: near 1 for the source's own face under a change of
+    light, white point or compression, or after the picture only moved, low for another face put
+    there. None without a source of the same framing, or where the moved source covers less than
+    ``MIN_FACE_COVER`` of the inner face (the rest would be the candidate's own pixels)."""
     if ctx.source is None or not ctx.aligned:
         return None
+    registration = ctx.registration
+    if registration.valid is not None and _cover(registration.valid, box, INNER_FACE_TRIM) < MIN_FACE_COVER:
+        return None
     sigma = max(0.8, (float(box[2]) - float(box[0])) / 200)
-    return correlation(ctx.source.gray, ctx.candidate.gray, box, INNER_FACE_TRIM, sigma)
+    return correlation(ctx.registered_source.gray, ctx.candidate.gray, box, INNER_FACE_TRIM, sigma)
+
+
+def _cover(valid: np.ndarray, box: Sequence[float], trim: float) -> float:
+    """Share of the box (less ``trim`` of its size on every side) inside ``valid``; 0 for an empty box."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    dx, dy = trim * (x1 - x0), trim * (y1 - y0)
+    h, w = valid.shape
+    c0, r0 = max(0, int(round(x0 + dx))), max(0, int(round(y0 + dy)))
+    c1, r1 = min(w, int(round(x1 - dx))), min(h, int(round(y1 - dy)))
+    if c1 <= c0 or r1 <= r0:
+        return 0.0
+    return float(valid[r0:r1, c0:c1].mean())
 
 
 def kept_from_source(ctx: CheckContext, box: Sequence[float], params: EmbedderParams) -> bool:

@@ -6,7 +6,9 @@ embedder of ``checks/identity.py`` (dlib by default, InsightFace's ArcFace when 
 embeddings are shared with ``identity_drift``). The people before the edit are grouped into
 identities (faces the embedder calls one person are one identity), and each candidate face is
 paired with the face that stood at the same place (face centre as a share of the image size,
-optimal assignment). A candidate face that no longer matches its own person but matches another is
+optimal assignment; the source's faces are placed in the candidate's frame first, so a result that
+was only mirrored, turned, zoomed or shifted pairs each face with its own person, see
+:mod:`fixloop.checks.registration`). A candidate face that no longer matches its own person but matches another is
 carrying that person's identity:
 
 - both faces carry each other's identity: **swapped** (the left person now has the right person's
@@ -20,7 +22,7 @@ before, are also reported as duplicated. Without a source, positions come from a
 shows several people in one frame; several single-face references give identities but no positions,
 so only a duplicated identity (two candidate faces matching one reference person) can be told.
 
-Faces the edit left alone (their inner pixels still correlate with the source's at
+Faces the edit left alone (their inner pixels still correlate with the registered source's at
 ``unchanged_correlation``, see ``checks/identity.py``) were exchanged with nobody: an event whose
 faces are all such faces is not reported.
 
@@ -45,6 +47,7 @@ from fixloop.checks.identity import (
     cluster_faces,
     embedded_faces,
     face_repair_mask,
+    faces_in_candidate_frame,
     get_embedder,
     kept_from_source,
     pair_by_position,
@@ -83,8 +86,9 @@ def _before_faces(ctx: CheckContext, embedder: FaceEmbedder,
     """The faces before the edit as (label, face), and whether their positions compare with the candidate's."""
     if ctx.source is not None:
         kept = usable(embedded_faces(ctx.source, embedder), min_face_px)
-        names = position_names([f.centre for f in kept])
-        return "source", [(f"the person{' ' + n if n else ''} in the source", f) for f, n in zip(kept, names)], True
+        names = position_names([f.centre for f in kept])  # where they stand in the source, as the labels say
+        return "source", [(f"the person{' ' + n if n else ''} in the source", f)
+                          for f, n in zip(faces_in_candidate_frame(ctx, kept), names)], True
     if not ctx.references:
         raise CheckSkipped("needs the image before the edit (--source) or identity reference images (--reference)")
     found = reference_faces(ctx, embedder, min_face_px)
