@@ -248,3 +248,34 @@ def test_a_hand_the_source_already_had_is_inherited():
     against_itself = run_checks(CheckContext.from_arrays(defects.jpeg(image, 90), image), policy, names=["hand_malformed"])
     assert against_itself.findings and all(f.inherited for f in against_itself.findings)
     assert against_itself.verdict == "pass"
+
+
+def test_a_moved_hand_keeps_its_shape():
+    from fixloop.checks.hands import moved_hand
+
+    hand = _hand(_flat_hand() + [300.0, 400.0, 0.0])
+    assert moved_hand(None, hand) is hand
+    flip = np.array([[-1.0, 0.0, 999.0], [0.0, 1.0, 0.0]])
+    mirrored = moved_hand(flip, hand)
+    assert np.allclose(mirrored.landmarks[:, 0], 999.0 - hand.landmarks[:, 0])
+    assert np.allclose(mirrored.landmarks[:, 1:], hand.landmarks[:, 1:])
+    assert np.allclose(mirrored.box, [999.0 - hand.box[2], hand.box[1], 999.0 - hand.box[0], hand.box[3]])
+    assert palm_length(mirrored) == pytest.approx(palm_length(hand))
+    zoom = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    assert palm_length(moved_hand(zoom, hand)) == pytest.approx(2 * palm_length(hand), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["hand_thumbsup_01.jpg", "hand_ok_01.jpg"])
+def test_an_erased_hand_is_found_where_it_was_after_a_mirror(name, policy):
+    """The source's hands are carried into the candidate's frame: after a mirror the erased hand is
+    still the one hand gone, at its mirrored place, and no hand the mirror only moved is reported."""
+    case = defects.hand_erase(photo(name))
+    boxes = []
+    for candidate in (case.candidate, defects.flip(case.candidate).candidate):
+        report = _run(candidate, case.source, policy=policy)
+        changed = [f for f in report.findings if f.evidence["rule"] in ("hand_vanished", "hand_appeared")]
+        assert [f.evidence["rule"] for f in changed] == ["hand_vanished"], (name, changed)
+        boxes.append(changed[0].evidence["hand_box"])
+    width = case.candidate.shape[1]
+    (x0, y0, x1, y1), (m0, n0, m1, n1) = boxes
+    assert abs(m0 - (width - x1)) <= 4 and abs(m1 - (width - x0)) <= 4 and abs(n0 - y0) <= 4 and abs(n1 - y1) <= 4

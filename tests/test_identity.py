@@ -340,3 +340,19 @@ def test_two_portrait_references_against_a_group_photo(policy):
     run_, findings = run(CheckContext.from_arrays(case.candidate, group, references=references), policy)
     assert len(findings) == 1 and findings[0].evidence["paired_by"] == "position"
     assert findings[0].message.startswith("The face on the right no longer looks like the person in reference 2")
+
+
+@pytest.mark.parametrize("name", ["group_obama_biden_01.jpg", "group_leslie_harington_01.jpg"])
+def test_a_mirrored_photo_compares_each_face_with_its_own_person(policy, name):
+    """The source's faces are carried into the candidate's frame by the registration: after a mirror
+    each face pairs with the same person, close to where the mirror put it; nothing is reported."""
+    from fixloop.checks.identity import get_embedder, measure_identity
+
+    image = photo(name)
+    ctx = CheckContext.from_arrays(defects.flip(image).candidate, image)
+    report = run_checks(ctx, policy, names=["identity_drift"])
+    assert report.checks[0].status.value == "ok" and report.findings == []
+    embedder = get_embedder(policy.params("identity_drift"))
+    measurement = measure_identity(ctx, embedder, policy.params("identity_drift"))
+    assert len(measurement.comparisons) >= 2 and not measurement.unpaired
+    assert all(c.same and c.shift < 0.02 for c in measurement.comparisons), measurement.comparisons

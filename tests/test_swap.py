@@ -103,3 +103,20 @@ def test_candidate_with_one_face_is_skipped(policy):
 def test_without_source_or_reference_is_skipped(policy):
     run_, _ = run(CheckContext.from_arrays(photo("group_obama_biden_01.jpg")), policy)
     assert run_.status.value == "skipped" and "--source" in run_.reason
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_a_mirrored_group_photo_pairs_each_face_with_its_own_person(policy, group):
+    """The source's faces are carried into the candidate's frame (the registration's mirror): the left
+    person, now on the right, is not taken for the right person's face."""
+    image = photo(group)
+    run_, findings = run(CheckContext.from_arrays(defects.flip(image).candidate, image), policy)
+    assert run_.status.value == "ok" and findings == []
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_exchanged_faces_are_found_after_a_mirror(policy, group):
+    case = defects.make("face_swap", photo(group))
+    candidate = defects.flip(case.candidate).candidate
+    run_, findings = run(CheckContext.from_arrays(candidate, case.source), policy)
+    assert run_.status.value == "ok" and [f.evidence["kind"] for f in findings] == ["swapped"], findings
