@@ -349,7 +349,7 @@ def verify(state: RunState, runtime: Runtime[RunContext]) -> dict:
                         settings.min_improvement, settings.worse_factor, report.verdict, spill,
                         input_findings=input_findings,
                         changed=changed_pixels(before_image, after_image, ctx.source_pixels(after_image, pad)),
-                        input_clipped=_input_clipped(state, ctx, after_image))
+                        input_clipped=_input_clipped(state, ctx, after_image), images=(before_image, after_image))
         attempt.outcome = Outcome.accepted if verdict.accepted else Outcome.rolled_back
         attempt.cause, attempt.reason = verdict.cause, verdict.reason
         attempt.notes.extend(verdict.notes)

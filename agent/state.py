@@ -186,6 +186,7 @@ class SideEffectRule(str, Enum):
     in_input = "in_input"  # the run's input already had it at the same place
     untouched = "untouched"  # the repair did not change the pixels of its region: it cannot have caused it
     clipped_in_input = "clipped_in_input"  # detail lost where the run's input was already clipped: not a new blur
+    detail_kept = "detail_kept"  # a loss of detail where the attempt left as much detail as the image before it had
     traded = "traded"  # a P2 side effect of a repair that removed its target: accepted, reported
 
 

@@ -26,6 +26,11 @@ in order, and the attempt records which one decided (:class:`~agent.state.SideEf
 - ``clipped_in_input``: a loss of detail (``texture_blur``) where at least ``CLIPPED_SHARE`` of the
   region was clipped in the run's input (a channel at ``CLIPPED_LEVEL`` or more): the detail was gone
   before the run; darkening a blown-out sky shows its flatness, it does not make it;
+- ``detail_kept``: a loss of detail (``texture_blur``, measured against the source) in a region where
+  the attempt's output holds at least ``DETAIL_KEPT`` of the detail the image before it held (mean
+  |Laplacian| of the grey image): the repair removed no detail there. After composite-back, a soft
+  edit the user allowed inside the mask reads as soft beside the restored original, but it is the
+  same edit as before;
 - ``traded``: it is a P2 (or a P2 that got worse): the repair removed a P0/P1 target, so the P2 is
   accepted and reported as the price of the fix;
 - ``caused``: otherwise. A P0/P1 the repair caused rolls the attempt back (``new_defect``).
@@ -68,6 +73,8 @@ CLIPPED_LEVEL = 250
 # clipped (max channel >= 250), against 0-19 % in the photos themselves.
 CLIPPED_SHARE = 0.5
 DETAIL_KINDS = ("texture_blur",)
+# The output holds at least this share of the detail the image before the attempt had in a region.
+DETAIL_KEPT = 0.95
 
 
 @dataclass
@@ -165,8 +172,30 @@ def _clipped(box: list[int] | None, clipped: np.ndarray | None) -> bool:
     return patch.size > 0 and bool(patch.mean() >= CLIPPED_SHARE)
 
 
+def detail_ratio(before: np.ndarray, after: np.ndarray, box: list[int] | None) -> float | None:
+    """Detail (mean |Laplacian| of the grey image) of ``after`` over ``before`` inside ``box`` (the whole
+    image when None); None when the two do not line up or the region has no detail before."""
+    import cv2
+
+    if before.shape[:2] != after.shape[:2]:
+        return None
+    h, w = before.shape[:2]
+    x0, y0, x1, y1 = (0, 0, w, h) if box is None else (max(int(box[0]), 0), max(int(box[1]), 0),
+                                                        min(int(box[2]), w), min(int(box[3]), h))
+    if x1 - x0 < 3 or y1 - y0 < 3:
+        return None
+
+    def detail(image: np.ndarray) -> float:
+        grey = cv2.cvtColor(np.ascontiguousarray(image[y0:y1, x0:x1, :3]), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        return float(np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean())
+
+    base = detail(before)
+    return detail(after) / base if base > 0 else None
+
+
 def side_effect_rule(finding: FindingRecord, fail_on: list[str], input_findings: Sequence[FindingRecord],
-                     changed: np.ndarray | None, input_clipped: np.ndarray | None = None) -> SideEffectRule:
+                     changed: np.ndarray | None, input_clipped: np.ndarray | None = None,
+                     images: tuple[np.ndarray, np.ndarray] | None = None) -> SideEffectRule:
     """Which rule decides about ``finding``, found after an attempt and not before it (module docstring)."""
     if finding.inherited:
         return SideEffectRule.inherited
@@ -176,6 +205,10 @@ def side_effect_rule(finding: FindingRecord, fail_on: list[str], input_findings:
         return SideEffectRule.untouched
     if finding.kind in DETAIL_KINDS and _clipped(finding.box, input_clipped):
         return SideEffectRule.clipped_in_input
+    if finding.kind in DETAIL_KINDS and images is not None:
+        ratio = detail_ratio(images[0], images[1], finding.box)
+        if ratio is not None and ratio >= DETAIL_KEPT:
+            return SideEffectRule.detail_kept
     if finding.priority not in fail_on:
         return SideEffectRule.traded
     return SideEffectRule.caused
@@ -184,12 +217,13 @@ def side_effect_rule(finding: FindingRecord, fail_on: list[str], input_findings:
 def judge(plan: RepairPlan, before: Sequence[FindingRecord], after: Sequence[FindingRecord], fail_on: list[str],
           min_improvement: float, worse_factor: float, verdict: str, spill: Spill | None,
           input_findings: Sequence[FindingRecord] = (), changed: np.ndarray | None = None,
-          input_clipped: np.ndarray | None = None) -> Judgement:
+          input_clipped: np.ndarray | None = None, images: tuple[np.ndarray, np.ndarray] | None = None) -> Judgement:
     """Accept or reject one attempt (see the module docstring for the rules, in order). ``spill`` is
     None when the repair was not asked to keep the pixels outside a mask (a local, deterministic tool);
     ``input_findings`` are the run input's findings placed on this image; ``changed`` is where the
     attempt changed the picture (:func:`changed_pixels`; None: everywhere); ``input_clipped`` is where
-    the run's input was clipped, placed on this image (:func:`clipped_pixels`; None: unknown)."""
+    the run's input was clipped, placed on this image (:func:`clipped_pixels`; None: unknown);
+    ``images`` are the pictures before and after the attempt (None: not compared)."""
     if verdict == "error":
         return Judgement(False, AttemptCause.check_error, "a check failed on the output, so it cannot be judged")
     notes: list[str] = []
@@ -231,7 +265,7 @@ def judge(plan: RepairPlan, before: Sequence[FindingRecord], after: Sequence[Fin
                          "inside its limit", notes)
 
     effects = [SideEffect(key=f.key, kind=f.kind, priority=f.priority,
-                          rule=side_effect_rule(f, fail_on, input_findings, changed, input_clipped))
+                          rule=side_effect_rule(f, fail_on, input_findings, changed, input_clipped, images))
                for f in after if f.key not in before_by_key]
     worse = [(before_by_key[f.key], f) for f in after
              if f.key in before_by_key and not f.inherited and (f.threshold, f.unit) == (before_by_key[f.key].threshold, before_by_key[f.key].unit)
@@ -258,6 +292,7 @@ EFFECT_WORDS = {
     SideEffectRule.in_input: "not counted: the run's input already had it there",
     SideEffectRule.untouched: "not counted: the repair did not change the pixels of its region",
     SideEffectRule.clipped_in_input: "not counted: the run's input was already clipped there, its detail gone",
+    SideEffectRule.detail_kept: "not counted: the repair left as much detail there as the image before it had",
     SideEffectRule.traded: "accepted as the price of the fix (a P2 side effect)",
 }
 

@@ -6,18 +6,24 @@ detector must never look like a clean image.
 
 Inherited findings. A defect the source already has in the same way is not the edit's doing. Checks
 that compare with the source say so themselves (``subject_cropped`` on a framing the source had); for
-checks that judge the candidate alone and are registered ``inheritable`` (``hand_malformed``), the
-engine marks a candidate finding ``inherited`` when either
+checks registered ``inheritable`` (``hand_malformed``, ``subject_cropped``), the engine marks a
+candidate finding ``inherited`` when either
 
-- the pixels of its region are the source's own: their grey levels correlate with the source's at
-  ``KEPT_CORRELATION`` or more (re-lit, re-white-balanced or re-encoded, not redrawn). The edit did
+- the pixels of its region are the source's own: their grey levels correlate with the source's (in
+  the candidate's frame, ``ctx.registered_source``) at ``KEPT_CORRELATION`` or more (re-lit,
+  re-white-balanced or re-encoded, not redrawn), where that source covers ``KEPT_MIN_COVER`` of the
+  region. The edit did
   not touch what the finding is about, so the defect, real or a model's misreading, was the source's.
   On the shared photos, hand findings after +-1 EV, +-30 mired or JPEG q80 correlated 0.985 or more;
   findings on hands that ``tests/defects.py`` redrew (a finger added or erased, a hand duplicated or
   pasted) spread from 0.27 up to 1.0, the highest being hands the edit left alone (in-sample); or
 - the check, run on the source alone with the same settings, finds its kind at the same place
-  (boxes overlapping by ``INHERIT_OVERLAP`` of the smaller one, or both whole-image). An inherited finding is
-reported but does not count toward the verdict unless the policy's ``gate.count_inherited`` is true.
+  (boxes, carried into the candidate's frame, overlapping by ``INHERIT_OVERLAP`` of the smaller one,
+  or both whole-image); checks that already compare with the source skip this
+  (``judge_source_alone=False``: ``subject_cropped``).
+
+An inherited finding is reported but does not count toward the verdict unless the policy's
+``gate.count_inherited`` is true.
 """
 
 from __future__ import annotations
@@ -108,6 +114,8 @@ def run_checks(
 INHERIT_OVERLAP = 0.3
 # Grey-level correlation with the source above which a finding's region is the source's own pixels.
 KEPT_CORRELATION = 0.98
+# ... judged only where the registered source covers at least this share of the region.
+KEPT_MIN_COVER = 0.9
 
 
 def _mark_inherited(ctx: CheckContext, spec, params, found: list[Finding]) -> list[Finding]:
@@ -163,8 +171,8 @@ def _mark_inherited(ctx: CheckContext, spec, params, found: list[Finding]) -> li
 def _kept_pixels(ctx: CheckContext, finding: Finding) -> str | None:
     """Why ``finding``'s region is the source's own pixels, or None when it is not (or has no box).
     The region is compared with the registered source (the source in the candidate's frame, the source
-    itself when the picture did not move); a region the moved source covers less than 90 % of is not
-    judged the source's (the rest of it would be the candidate's own pixels)."""
+    itself when the picture did not move); a region the moved source covers less than ``KEPT_MIN_COVER``
+    of is not judged the source's (the rest of it would be the candidate's own pixels)."""
     if finding.region is None or finding.region.box is None:
         return None
     box = [v / ctx.scale_to_candidate for v in finding.region.box]
@@ -173,7 +181,7 @@ def _kept_pixels(ctx: CheckContext, finding: Finding) -> str | None:
         h, w = valid.shape
         c0, r0 = max(0, int(round(box[0]))), max(0, int(round(box[1])))
         c1, r1 = min(w, int(round(box[2]))), min(h, int(round(box[3])))
-        if c1 <= c0 or r1 <= r0 or float(valid[r0:r1, c0:c1].mean()) < 0.9:
+        if c1 <= c0 or r1 <= r0 or float(valid[r0:r1, c0:c1].mean()) < KEPT_MIN_COVER:
             return None
     value = correlation(ctx.registered_source.gray, ctx.candidate.gray, box, 0.0, max(0.8, (box[2] - box[0]) / 200))
     if value is None or value < KEPT_CORRELATION:

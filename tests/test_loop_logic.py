@@ -772,6 +772,32 @@ def test_pixels_put_back_to_the_source_are_not_changes():
     assert changed_pixels(before, np.zeros((21, 20, 3), np.uint8)) is None
 
 
+def test_a_soft_region_the_attempt_did_not_soften_is_not_a_new_blur():
+    """After composite-back a soft edit inside the mask reads as soft beside the restored original;
+    the region holds as much detail as before the attempt, so the repair did not cause it. A region
+    the attempt did blur is still caused."""
+    import cv2
+
+    from fixloop.agent.state import SideEffectRule
+
+    rng = np.random.default_rng(15)
+    before = rng.integers(0, 255, (120, 120, 3), dtype=np.uint8)
+    after = before.copy()
+    after[:, 60:] = rng.integers(0, 255, (120, 60, 3), dtype=np.uint8)  # restored outside, another texture
+    blur = record("texture_blur", "P1", 0.3, 0.55, box=[0, 0, 60, 120])
+    plan = plan_for("mask_spill", score=0.2, threshold=0.05)
+
+    def rule(after_image):
+        verdict = judge(plan, [plan.target], [blur], FAIL_ON, SETTINGS.min_improvement, SETTINGS.worse_factor,
+                        "fail", None, images=(before, after_image))
+        return verdict.accepted, verdict.side_effects[0].rule
+
+    assert rule(after) == (True, SideEffectRule.detail_kept)
+    softened = after.copy()
+    softened[:, :60] = cv2.GaussianBlur(softened[:, :60], (0, 0), 2)
+    assert rule(softened) == (False, SideEffectRule.caused)
+
+
 def test_a_p2_made_worse_is_traded_a_p1_is_not():
     from fixloop.agent.state import SideEffectRule
 
