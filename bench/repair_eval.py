@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="fixloop-repair-eval-") as work:
-        with ProcessPoolExecutor(max(1, args.jobs)) as pool:
+        with ProcessPoolExecutor(max(1, args.jobs), mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(run_case, photo, kind, args.passes, work) for photo, kind in jobs]
             for index, future in enumerate(futures, 1):
                 row = future.result()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -195,7 +196,9 @@ def run(photos: list[Path], changes: list[str], only: list[str] | None, jobs: in
             if progress:
                 progress(path.name)
         return rows
-    with ProcessPoolExecutor(jobs) as pool:
+    # spawn, not fork: a caller that already ran the models (a test session) holds their threads, and
+    # a forked child can wait forever on a lock one of them held
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for row in pool.map(photo_rows, [str(p) for p in photos], [changes] * len(photos), [only] * len(photos),
                             [raw] * len(photos)):
             rows.append(row)
