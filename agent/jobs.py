@@ -232,7 +232,7 @@ def cancel_run(run_id: str, db: str | Path | None = None, progress: Callable[...
     with open_graph(db) as graph:
         config = {"configurable": {"thread_id": run_id}}
         values = graph.get_state(config).values
-        if not values:
+        if not values or "run_id" not in values:  # no checkpoint of the run's own state yet
             return None
         state = RunState.model_validate(values)
         if state.finished:

@@ -154,7 +154,7 @@ def load_run(run_id: str, db: str | Path | None = None) -> RunState:
     """The checkpointed state of ``run_id`` (raises RunNotFound)."""
     with open_graph(db) as graph:
         values = graph.get_state({"configurable": {"thread_id": run_id}}).values
-    if not values:
+    if not values or "run_id" not in values:  # none yet, or only a reducer's default ({"attempts": []})
         raise RunNotFound(f"no run {run_id!r} in {checkpoint_path() if db is None else db}: "
                           "check the id (fixloop runs lists them)")
     return RunState.model_validate(values)
