@@ -147,14 +147,18 @@ def changed_pixels(before: np.ndarray, after: np.ndarray, source: np.ndarray | N
     return changed
 
 
-def _touched(box: list[int] | None, changed: np.ndarray | None) -> bool:
-    if changed is None:
-        return True
+def _share(box: list[int] | None, where: np.ndarray) -> float | None:
+    """The share of ``box`` (the whole image when None) that ``where`` marks; None for an empty box."""
     if box is None:
-        return bool(changed.mean() >= UNTOUCHED_SHARE)
+        return float(where.mean())
     x0, y0, x1, y1 = (int(v) for v in box)
-    patch = changed[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
-    return patch.size == 0 or bool(patch.mean() >= UNTOUCHED_SHARE)
+    patch = where[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
+    return float(patch.mean()) if patch.size else None
+
+
+def _touched(box: list[int] | None, changed: np.ndarray | None) -> bool:
+    share = None if changed is None else _share(box, changed)
+    return share is None or share >= UNTOUCHED_SHARE
 
 
 def clipped_pixels(image: np.ndarray) -> np.ndarray:
@@ -163,13 +167,8 @@ def clipped_pixels(image: np.ndarray) -> np.ndarray:
 
 
 def _clipped(box: list[int] | None, clipped: np.ndarray | None) -> bool:
-    if clipped is None:
-        return False
-    if box is None:
-        return bool(clipped.mean() >= CLIPPED_SHARE)
-    x0, y0, x1, y1 = (int(v) for v in box)
-    patch = clipped[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)]
-    return patch.size > 0 and bool(patch.mean() >= CLIPPED_SHARE)
+    share = None if clipped is None else _share(box, clipped)
+    return share is not None and share >= CLIPPED_SHARE
 
 
 def detail_ratio(before: np.ndarray, after: np.ndarray, box: list[int] | None) -> float | None:
