@@ -114,6 +114,7 @@ class Spec:
     judge: Callable[..., dict] | None = None  # (report, case, ctx, builder, amount, photo) -> Trial fields
     note: Callable[[list[Trial]], str] | None = None
     pairs: str | None = None  # identity: "same" or "different" person pairs of the photos' embeddings
+    tuned_on: str | None = None  # "fit" where this row's thresholds were fitted on the fit half only
     trials: list[Trial] = field(default_factory=list)
 
 
@@ -353,6 +354,10 @@ def build_specs() -> list[Spec]:
                                    ("downscale", 0.5, "other photos, scaled to 50 %")):
         specs.append(Spec("hand_malformed", label, "clean", ((builder, amount, "alone"),), readme="0/50",
                           photos=no_hand_defect, judge=judge_any, note=note_alarms))
+    # Rows of their own modules: hands (bench/accuracy_hands.py) and faces (bench/accuracy_faces.py).
+    from bench import accuracy_faces, accuracy_hands
+
+    specs += accuracy_hands.specs() + accuracy_faces.specs()
     return specs
 
 
@@ -366,6 +371,10 @@ def builders() -> dict[str, Callable]:
     out["mirrored_only"] = lambda image, amount: defects.Case(candidate=np.ascontiguousarray(image[:, ::-1]))
     out["jpeg_only"] = lambda image, amount: defects.Case(candidate=defects.jpeg(image, int(amount)))
     out["tight_cutout"] = lambda image, amount: defects.Case(candidate=np.dstack([image, tight_matte(image)]))
+    from bench import accuracy_faces, accuracy_hands
+
+    out.update(accuracy_hands.builders())
+    out.update(accuracy_faces.builders())
     return out
 
 
@@ -557,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             threshold = policy.params("identity_drift").dlib_threshold
             finish_pairs(spec, manifest, lambda d: d <= threshold)
     seconds = time.perf_counter() - t0
-    rows = [summarise(spec, label) for spec in specs]
+    rows = [summarise(spec, sample_label(args.split, spec.tuned_on or args.tuned_on)) for spec in specs]
 
     print(f"Detection on the shared photos ({len(order)} in split '{args.split}', thresholds tuned on "
           f"{'all photos' if args.tuned_on == 'all' else 'the fit half'}); {seconds:.0f} s")

@@ -1,0 +1,16 @@
+"""bench.accuracy rows for identity_drift, subjects_swapped and mask_spill on faces: cases and builders of their own, kept apart from the
+other kinds' rows so that each can grow without touching the rest."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+
+def specs() -> list:
+    """More ``bench.accuracy.Spec`` rows (none yet)."""
+    return []
+
+
+def builders() -> dict[str, Callable]:
+    """More case builders by name: (image, amount) -> tests.defects.Case."""
+    return {}
