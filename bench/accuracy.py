@@ -249,13 +249,10 @@ def note_pairs(trials: list[Trial]) -> str:
 
 def build_specs() -> list[Spec]:
     from tests.test_crop import CUTS
-    from tests.test_hands import FOUND, MISSED
     from tests.test_light import SAMPLE as LIGHT_SAMPLE
     from tests.test_reencode import MEASUREMENT_CHECKS
 
     whole_body = lambda name, row: row["full_body"] == "yes" and row["cropped_at_border"] == "none"  # noqa: E731
-    hand_defects = set(FOUND) | set(MISSED)
-    no_hand_defect = lambda name, row: name not in hand_defects  # noqa: E731
     reencode_readme = {"edge_halo": "0/55"}
     specs: list[Spec] = []
 
@@ -344,16 +341,6 @@ def build_specs() -> list[Spec]:
     specs.append(Spec("subject_cropped", "photos labelled uncropped, no source", "clean", (("untouched", 0.0, "alone"),),
                       readme="0/8", photos=lambda name, row: row["cropped_at_border"] == "none", note=note_alarms))
 
-    # hand_malformed (tests/test_hands.py): the generated hand defects; the other photos, also altered.
-    specs.append(Spec("hand_malformed", "generated images with hand defects", "defect", (("untouched", 0.0, "alone"),),
-                      readme="2/5", photos=lambda name, row: name in hand_defects, judge=judge_any, note=note_misses))
-    for builder, amount, label in (("untouched", 0.0, "other photos"),
-                                   ("mirrored_only", 0.0, "other photos, mirrored"),
-                                   ("jpeg_only", 70.0, "other photos, JPEG q70"),
-                                   ("rotate", 5.0, "other photos, rotated 5°"),
-                                   ("downscale", 0.5, "other photos, scaled to 50 %")):
-        specs.append(Spec("hand_malformed", label, "clean", ((builder, amount, "alone"),), readme="0/50",
-                          photos=no_hand_defect, judge=judge_any, note=note_alarms))
     # Rows of their own modules: hands (bench/accuracy_hands.py) and faces (bench/accuracy_faces.py).
     from bench import accuracy_faces, accuracy_hands
 

@@ -42,6 +42,19 @@ Rules (each finding names the ones that fired, with the numbers behind them):
   (the most prominent), so only that person's hands are counted. Hands come from the full frame and
   again from crops around the pose wrists (``analyses.hands_with_wrist_crops``), where small hands
   of wide shots and two hands side by side are found.
+* ``hand_without_arm`` (segmentation, every person). A hand that hangs from no pose wrist must have
+  an arm: the mean person probability of the selfie segmentation (which sees every person, not only
+  the one MediaPipe Pose picks) on the forearm's place, 0.3 to 1 palm lengths past the wrist and half
+  a palm wide, at least ``arm_min_support``. Not judged where that place leaves the frame, nor for
+  palms under ``arm_min_palm_px``, nor for a hand seen edge-on (knuckle line under
+  ``arm_min_knuckle_spread`` of the palm, 2-D: its wrist direction is a guess). Hands pasted into the background are often missed at full frame:
+  four overlapping quadrant crops (``TILE_SIDE`` of the long side) are searched too, for this rule
+  only. A hand counts only when a second look on a crop around it finds it again (stray detections on
+  legs, folds or texture vanish; real and pasted hands come back).
+* ``hand_wrong_side`` (pose). A hand matched to a pose wrist must be that arm's hand: MediaPipe Pose's
+  thumb and pinky points of that wrist are compared with the hand's thumb base and little knuckle;
+  when the swapped pairing fits better by ``wrong_side_margin`` palm lengths, the hand is the mirror
+  image of the one the arm implies (a left hand on a right arm).
 * ``hand_appeared`` / ``hand_vanished`` (source of the same framing). Hands matched by place between
   source and candidate, in the candidate's frame: the source's hands are carried there by the
   registration (:attr:`CheckContext.registration`), so a result that was only mirrored, turned,
@@ -90,6 +103,27 @@ STRAIGHT = 0.85  # base-to-tip distance / bone path length at or above which a f
 EXTENDED = 0.5  # palm lengths; base-to-tip distance (2-D) of an extended finger
 SECOND_LOOK_SIDES = (1.5, 2.5)  # palm lengths; crops searched again around an unexplained finger
 DUPLICATE_OVERLAP = 0.5  # share of the smaller box two detections share when they are one hand
+# MediaPipe Pose's hand points per wrist: wrist, pinky knuckle, thumb (left and right of the person)
+POSE_HAND_POINTS = {"left": (15, 17, 21), "right": (16, 18, 22)}
+ARM_SPAN = (0.3, 1.0)  # palm lengths past the wrist where the forearm is sampled
+ARM_WIDTH = 0.5  # palm lengths across the forearm sampled
+TILE_SIDE = 0.6  # share of the image's long side: the four quadrant crops searched for hands no arm holds
+
+
+def tile_hands(image: AnalysisImage, known: list[Hand]) -> list[Hand]:
+    """Hands found on four overlapping quadrant crops that are none of ``known``: a hand pasted into
+    the background is often missed at full frame and lies at no pose wrist."""
+    w, h = image.size
+    side = TILE_SIDE * max(w, h)
+    found: list[Hand] = []
+    for fx in (0.25, 0.75):
+        for fy in (0.25, 0.75):
+            cx, cy = fx * w, fy * h
+            box = (cx - side / 4, cy - side / 4, cx + side / 4, cy + side / 4)  # hands_in_region doubles it
+            for hand in analyses.hands_in_region(image, box):
+                if not any(same_hand(hand, other) for other in [*known, *found]):
+                    found.append(hand)
+    return found
 
 
 class HandsParams(CheckParams):
@@ -114,6 +148,10 @@ class HandsParams(CheckParams):
     wrist_reach: float = Field(gt=0, description="forearm lengths from a pose wrist")
     min_change: float = Field(gt=0, le=2, description="1 - correlation of the hand box's grey pixels")
     mask_margin: float = Field(ge=0, description="palm lengths the repair mask is grown by")
+    arm_min_palm_px: float = Field(gt=0, description="px at analysis size; shortest palm judged for an arm")
+    arm_min_support: float = Field(ge=0, le=1, description="mean person probability past the wrist")
+    wrong_side_margin: float = Field(gt=0, description="palm lengths the swapped thumb/little pairing fits better")
+    arm_min_knuckle_spread: float = Field(ge=0, description="index to little knuckle, 2-D, in 2-D palm lengths")
 
 
 # ---- measurements -----------------------------------------------------------------------------
@@ -530,6 +568,55 @@ def hands_per_person(image: AnalysisImage, hands: list[Hand], params: HandsParam
     return PersonHands(wrists=[w[0] for w in wrists], near=near, distinct=distinct, matched=best, extra=extra)
 
 
+def arm_support(image: AnalysisImage, hand: Hand) -> float | None:
+    """Mean person probability (selfie segmentation, every person) on the forearm's place: ARM_SPAN
+    palm lengths past the wrist, away from the fingers, ARM_WIDTH wide. None when part of that place
+    lies outside the frame (the arm may be cut by the border)."""
+    probability = analyses.person_mask(image)
+    h, w = probability.shape
+    points = hand.landmarks[:, :2].astype(np.float64)
+    palm = max(palm_length(hand), 1.0)
+    axis = points[0] - points[9]
+    axis /= max(float(np.linalg.norm(axis)), 1e-6)
+    across = np.array([-axis[1], axis[0]])
+    t, u = np.meshgrid(np.linspace(*ARM_SPAN, 8), np.linspace(-ARM_WIDTH / 2, ARM_WIDTH / 2, 5))
+    samples = points[0] + (t.reshape(-1, 1) * axis + u.reshape(-1, 1) * across) * palm
+    xy = np.round(samples).astype(int)
+    if (xy[:, 0] < 0).any() or (xy[:, 1] < 0).any() or (xy[:, 0] >= w).any() or (xy[:, 1] >= h).any():
+        return None
+    return float(probability[xy[:, 1], xy[:, 0]].mean())
+
+
+def knuckle_spread(hand: Hand) -> float:
+    """Index to little knuckle over wrist to middle knuckle, both 2-D: small for a hand seen edge-on,
+    or a skeleton fitted to a thin stripe, whose wrist direction says little."""
+    points = hand.landmarks[:, :2].astype(np.float64)
+    return float(np.linalg.norm(points[5] - points[17]) / max(float(np.linalg.norm(points[9] - points[0])), 1e-6))
+
+
+def confirmed(image: AnalysisImage, hand: Hand) -> bool:
+    """The hand is found again on a crop around it (MediaPipe's stray detections on legs, folds or
+    texture vanish on a second look; real and pasted hands come back)."""
+    return any(same_hand(hand, again) for again in analyses.hands_in_region(image, hand.box))
+
+
+def wrong_side(image: AnalysisImage, hand: Hand, wrist: str) -> float | None:
+    """How much better (palm lengths) the pose's thumb and pinky of ``wrist`` fit this hand's little
+    finger and thumb than its thumb and little finger: positive when the hand on that arm is the
+    mirror image of the one the arm implies. None without a visible pose thumb and pinky."""
+    body = analyses.pose(image)
+    if body is None:
+        return None
+    marks = body.landmarks
+    _, pinky, thumb = POSE_HAND_POINTS[wrist]
+    if marks[thumb, 3] < 0.5 or marks[pinky, 3] < 0.5:
+        return None
+    own_thumb, own_little = hand.landmarks[2, :2], hand.landmarks[17, :2]  # thumb MCP, little knuckle
+    straight = float(np.linalg.norm(marks[thumb, :2] - own_thumb) + np.linalg.norm(marks[pinky, :2] - own_little))
+    swapped = float(np.linalg.norm(marks[thumb, :2] - own_little) + np.linalg.norm(marks[pinky, :2] - own_thumb))
+    return (straight - swapped) / max(palm_length(hand), 1.0)
+
+
 @dataclass(frozen=True)
 class HandChange:
     kind: str  # "appeared" or "vanished"
@@ -738,6 +825,41 @@ def check_hand_malformed(ctx: CheckContext, params: HandsParams):
                 {"length_palms": p.length, "width_palms": p.width, "box": ctx.candidate_box(p.box)}
                 for p in shape.protrusions]
         region, mask = _region(ctx, repair_mask(image.size, shape.hand, params.mask_margin, shape))
+        findings.append(make_finding("hand_malformed", params, score=score, threshold=threshold, unit=unit,
+                                     message=message, region=region, evidence=evidence, mask=mask))
+
+    # Hands no arm holds, hands on the wrong arm (every person's segmentation; the pose person's wrists).
+    # Hands only the quadrant crops find are judged for their arm alone.
+    loose = tile_hands(image, hands)
+    for i, hand in enumerate([*hands, *loose]):
+        palm = palm_length(hand)
+        if palm < params.arm_min_palm_px:
+            continue
+        if i >= len(hands):
+            support = arm_support(image, hand)
+        elif person is not None and i in person.near and i not in person.extra:
+            support = None  # it hangs from a pose wrist
+        else:
+            support = arm_support(image, hand)
+        reason = None
+        if support is not None and support < params.arm_min_support and \
+                knuckle_spread(hand) >= params.arm_min_knuckle_spread and confirmed(image, hand):
+            reason = ("hand_without_arm", support, params.arm_min_support, "person probability past the wrist",
+                      f"This hand has no arm: past its wrist the picture shows no person ({support:.0%}).")
+        elif person is not None and i in person.matched:
+            wrist = person.matched[i]
+            side = wrong_side(image, hand, wrist)
+            if side is not None and side >= params.wrong_side_margin:
+                reason = ("hand_wrong_side", side, params.wrong_side_margin, "palm lengths",
+                          f"The hand at the {wrist} wrist is a mirror image: its thumb is where the arm puts the "
+                          f"little finger ({side:.2f} palm lengths).")
+        if reason is None:
+            continue
+        rule, score, threshold, unit, message = reason
+        shape = shapes[i] if i < len(hands) else HandShape(index=i, hand=hand, palm=palm, judged=False)
+        evidence = _hand_evidence(ctx, shape)
+        evidence.update({"rule": rule, "rules": [rule], "reasons": [message]})
+        region, mask = _region(ctx, repair_mask(image.size, hand, params.mask_margin, shape))
         findings.append(make_finding("hand_malformed", params, score=score, threshold=threshold, unit=unit,
                                      message=message, region=region, evidence=evidence, mask=mask))
 

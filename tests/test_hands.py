@@ -13,7 +13,7 @@ from fixloop.checks.context import CheckContext
 from fixloop.checks.engine import run_checks
 from fixloop.checks.hands import _segment_distance, closest_fingers, palm_length
 from fixloop.checks.policy import load_policy
-from tests import defects
+from tests import defects, hand_defects
 from tests.conftest import manifest, photo, photo_names
 
 CHECK = ["hand_malformed"]
@@ -279,3 +279,75 @@ def test_an_erased_hand_is_found_where_it_was_after_a_mirror(name, policy):
     width = case.candidate.shape[1]
     (x0, y0, x1, y1), (m0, n0, m1, n1) = boxes
     assert abs(m0 - (width - x1)) <= 4 and abs(m1 - (width - x0)) <= 4 and abs(n0 - y0) <= 4 and abs(n1 - y1) <= 4
+
+
+# ---- made hand defects (tests/hand_defects.py) and the arm rules ---------------------------------
+
+
+@pytest.mark.parametrize("builder", sorted(hand_defects.HAND_DEFECTS))
+@pytest.mark.parametrize("name", ["hand_ok_01.jpg", "face_obama_01.jpg"])
+def test_each_made_hand_defect_lies_where_it_says(name, builder):
+    """Every builder changes the photo where it says the defect is, and almost nowhere else; the
+    finger builders change the hand they were made on."""
+    image = photo(name)
+    case = hand_defects.HAND_DEFECTS[builder](image, 0.0)
+    x0, y0, x1, y1 = (int(round(v)) for v in hand_defects.defect_box(case))
+    changed = np.abs(case.candidate.astype(int) - image.astype(int)).max(axis=2) > 40
+    inside = np.zeros_like(changed)
+    pad = max(4, (x1 - x0) // 4)
+    inside[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad] = True
+    assert changed[inside].sum() > 0.01 * inside.sum()  # a visible change in the box
+    if builder != "hand_mirrored":  # the mirror also clears the hand's old place, inside the hand's box
+        assert changed[~inside].sum() <= 0.1 * changed.sum()
+    if builder.startswith("finger"):
+        hand = hand_defects.usable_hand(image)
+        hx0, hy0 = hand[:, :2].min(axis=0)
+        hx1, hy1 = hand[:, :2].max(axis=0)
+        assert x0 < hx1 + pad and hx0 - pad < x1 and y0 < hy1 + pad and hy0 - pad < y1
+
+
+def test_made_hand_defects_need_a_usable_hand():
+    for builder in hand_defects.HAND_DEFECTS.values():
+        with pytest.raises(ValueError):
+            builder(photo("face_dfA_01.jpg"), 0.0)  # no hand
+        with pytest.raises(ValueError):
+            builder(photo("body_couple_01.jpg"), 0.0)  # one hand, palm 11 px
+
+
+def _at(report, case) -> list:
+    x0, y0, x1, y1 = hand_defects.defect_box(case)
+    return [f for f in report.findings
+            if f.region.box[0] < x1 and x0 < f.region.box[2] and f.region.box[1] < y1 and y0 < f.region.box[3]]
+
+
+@pytest.mark.parametrize("name", ["body_soccer_03.jpg", "hand_ok_01.jpg", "body_boardgame_01.jpg"])
+def test_a_hand_without_an_arm_is_found(name, policy):
+    """A hand cut at the wrist and pasted where no person is (fit-half photos): past its wrist the
+    segmentation sees no person. The photo itself raises nothing."""
+    assert not _run(photo(name), policy=policy).findings
+    case = hand_defects.hand_no_arm(photo(name))
+    report = _run(case.candidate, policy=policy)
+    assert {f.evidence["rule"] for f in _at(report, case)} == {"hand_without_arm"}
+
+
+@pytest.mark.parametrize("name", ["body_soccer_03.jpg", "body_boardgame_01.jpg"])
+def test_a_mirrored_hand_is_on_the_wrong_side(name, policy):
+    """The hand at a pose wrist mirrored about its own axis (fit-half photos): the pose's thumb and
+    pinky of that wrist fit its little finger and thumb."""
+    case = hand_defects.hand_mirrored(photo(name))
+    report = _run(case.candidate, policy=policy)
+    wrong = [f for f in _at(report, case) if f.evidence["rule"] == "hand_wrong_side"]
+    assert len(wrong) == 1 and wrong[0].score >= wrong[0].threshold
+
+
+def test_arm_support_is_none_where_the_arm_leaves_the_frame():
+    from fixloop.checks.hands import arm_support
+
+    image = CheckContext.from_arrays(photo("hand_ok_01.jpg")).candidate
+    hand = analyses.hands(image)[0]
+    w, h = image.size
+    assert arm_support(image, hand) is not None
+    out = Hand(landmarks=hand.landmarks + np.array([0, h - hand.landmarks[0, 1] - 1, 0], np.float32),
+               handedness=hand.handedness, score=hand.score, box=hand.box)
+    down = out.landmarks[0, 1] - out.landmarks[9, 1] > 0  # wrist below the fingers: the arm leaves the frame
+    assert (arm_support(image, out) is None) == down
