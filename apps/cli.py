@@ -294,6 +294,7 @@ def repair(
 ) -> None:
     """Repair IMAGE in a checked loop: inspect, fix the worst defect, verify, repeat; write final, report, review."""
     from fixloop.agent import service
+    from fixloop.apps.interrupt import exit_soon_after_ctrl_c
     from fixloop.apps.progress import ConsoleProgress, ask_approval
     from fixloop.checks.images import InputError
 
@@ -305,6 +306,12 @@ def repair(
     progress = ConsoleProgress(Console(stderr=True, highlight=False, soft_wrap=True, quiet=quiet and not approve))
     approver = ask_approval(progress.console) if approve else None
     run_id = resume
+
+    def interrupted_line() -> str:
+        hint = f"; continue it with fixloop repair --resume {run_id}" if run_id else ""
+        return f"fixloop: interrupted{hint}"
+
+    exit_soon_after_ctrl_c(interrupted_line)  # a second way out, should unwinding hang
     try:
         if resume is not None:
             state = service.resume_repair(resume, progress=progress, approver=approver or ask_approval(progress.console),
@@ -324,8 +331,7 @@ def repair(
         _fail_input(f"could not write the run folder ({exc.strerror}: {exc.filename}): choose a writable --out")
     except KeyboardInterrupt:
         progress.stop()
-        hint = f"; continue it with fixloop repair --resume {run_id}" if run_id else ""
-        typer.echo(f"fixloop: interrupted{hint}", err=True)
+        typer.echo(interrupted_line(), err=True)
         raise typer.Exit(130)
     progress.stop()
     if as_json:
