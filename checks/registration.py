@@ -19,7 +19,8 @@ that, and every such check would then report a defect that is not there. So once
 3. Whether it moved at all. The fitted map is used only when it moves some corner of the frame by
    at least ``MIN_MOVE_PX`` analysis pixels and it matches clearly better than no move
    (``MIN_GAIN`` in correlation); otherwise the source is used as it is (the same object, so every
-   report of an unmoved pair is exactly what it was without registration). A flip that the fit
+   report of an unmoved pair is exactly what it was without registration); when no move already
+   correlates within ``MIN_GAIN`` of 1, no map could gain that much and the fit is not run. A flip that the fit
    confirms and that needs no further move is applied exactly (columns reversed, no resampling).
 
 The registered source (:attr:`Registration.source`) is the source resampled into the candidate's
@@ -56,6 +57,9 @@ MIN_GAIN = 0.02  # correlation the fitted map must gain over no move
 MIN_CORRELATION = 0.5  # a fit below this matches nothing: the source is used as it is
 FLIP_HINT = 0.0  # the mirrored measurement's margin above which the flipped source is tried
 EDGE_PX = 2  # analysis px; the border of the covered area left out (resampling at the edge)
+# how far above 1 a normalised correlation may come out in float32 arithmetic (ECC's own); an unmoved
+# match within MIN_GAIN of 1 by more than this leaves no fitted map room to be used (see register)
+CORRELATION_SLACK = 1e-4
 ECC_ITERATIONS = 60
 ECC_EPS = 1e-5
 
@@ -70,7 +74,7 @@ class Registration:
     moved: bool  # the source was resampled (False: unmoved, or mirrored exactly)
     valid: np.ndarray | None = field(repr=False)  # bool, analysis size: candidate pixels the source covers; None = all
     mask: np.ndarray | None = field(repr=False)  # the edit mask in the candidate's frame (bool), None without a mask
-    correlation: float  # ECC correlation of the fitted map (1.0 when nothing was fitted)
+    correlation: float  # ECC correlation of the fitted map (1.0 without a source; the unmoved correlation when no fit was tried)
     correlation_unmoved: float  # the same, of no move
     size: tuple[int, int]  # the analysis size (w, h) of both
 
@@ -224,6 +228,10 @@ def register(ctx: "CheckContext") -> Registration:
         if share(keep) >= 0.1:
             weights = keep.astype(np.uint8)
     base = _correlation(cand, src, identity, weights)
+    if base + MIN_GAIN > 1.0 + CORRELATION_SLACK:
+        # no map can correlate better than 1, so none could gain MIN_GAIN over no move: the fit (and the
+        # flip it would try) cannot change the outcome and is not run
+        return _with(unmoved, correlation=base, correlation_unmoved=base)
     tries = [identity]
     if _flip_hint(ctx) > FLIP_HINT:
         tries.append(_flip(cand.shape[1]))

@@ -164,6 +164,24 @@ def test_an_unmoved_pair_compares_the_source_as_it_is(name):
 
 
 @pytest.mark.parametrize("name", FAST)
+def test_no_fit_is_run_where_no_move_already_matches_within_the_gain(name, monkeypatch):
+    """An unmoved pair that correlates within MIN_GAIN of 1 cannot be moved by any fit (a correlation
+    is at most 1): the ECC fit is skipped, and the registration is the unmoved one, as the fit gives."""
+    from fixloop.checks import registration
+
+    for case in (defects.clean_reencode(photo(name)), defects.exposure(photo(name), -0.5)):
+        fitted = CheckContext.from_arrays(case.candidate, case.source, case.mask).registration
+        assert fitted.identity and fitted.correlation_unmoved > 1 - registration.MIN_GAIN
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the fit ran")
+
+    monkeypatch.setattr(registration, "_ecc", no_fit)
+    for case in (defects.clean_reencode(photo(name)), defects.exposure(photo(name), -0.5)):
+        assert CheckContext.from_arrays(case.candidate, case.source, case.mask).registration.identity
+
+
+@pytest.mark.parametrize("name", FAST)
 def test_a_pixel_defect_on_top_of_a_move_is_still_found(name):
     image = photo(name)
     darker = defects.exposure(image, -0.5).candidate
