@@ -1,7 +1,7 @@
 """Speed of the checks at 1024 px: median per check and of a whole `fixloop check` (decoding the three
 files included), warm in-process and as a cold CLI call (a new process: imports, decoding, every check).
 
-    python -m bench.checks_speed [--repeats 7] [--photo NAME] [--json FILE]
+    python -m bench.checks_speed [--repeats 7] [--photo NAME] [--threads N] [--json FILE]
 
 The pair is a shared photo scaled to 1024 px on its long side (the source) and an edit of it that
 spilled outside its mask and drifted darker and warmer (the candidate), so every check runs. The
@@ -16,15 +16,19 @@ embeddings of face chips it embedded, so a warm check is measured three ways:
 * ``new pair, local edit``: new images every time, the candidate changed only inside the mask (an
   honest edit): faces and hands the edit left alone are embedded and detected once (by their pixels).
 
-Per check it prints the medians of the ``new pair`` runs (a model check's time excludes what the
-warm-up thread computed for it meanwhile), and the CPU time of the whole checks beside their wall
-time (the machine is shared: CPU time is the steadier figure).
+Per check it prints the medians of the ``new pair`` runs, and the CPU time of the whole checks beside
+their wall time (the machine is shared: CPU time is the steadier figure), with the load average at
+start and end. ``--threads`` sets how many threads one run of the checks uses
+(``FIXLOOP_CHECK_THREADS``; default: the engine's own choice, :func:`fixloop.checks.engine.check_threads`);
+with more than one, checks overlap and a check's time includes waiting for an analysis another
+check is computing, so per-check figures are meaningful with ``--threads 1``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -71,6 +75,10 @@ def _save(folder: Path, name: str, array: np.ndarray) -> str:
     return str(path)
 
 
+def _load() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+
+
 def _timed(run) -> tuple[float, float, object]:
     t0, c0 = time.perf_counter(), time.process_time()
     result = run()
@@ -81,11 +89,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--photo", default="gen_clean_01.jpg")
+    parser.add_argument("--threads", type=int, help="threads per run of the checks (FIXLOOP_CHECK_THREADS)")
     parser.add_argument("--json", help="write the medians here")
     args = parser.parse_args()
+    if args.threads is not None:
+        os.environ["FIXLOOP_CHECK_THREADS"] = str(args.threads)
+    load_start = _load()
 
     from fixloop.checks.base import REGISTRY
-    from fixloop.checks.engine import check_files
+    from fixloop.checks.engine import check_files, check_threads
     from fixloop.checks.policy import load_policy
 
     policy = load_policy()
@@ -140,7 +152,10 @@ def main() -> None:
 
     h, w = source.shape[:2]
     ms = lambda values: statistics.median(values) * 1000  # noqa: E731
-    print(f"image {w}x{h} ({args.photo}), {n} repeats, medians")
+    load_end = _load()
+    threads = check_threads()
+    print(f"image {w}x{h} ({args.photo}), {n} repeats, medians; {threads} thread(s) per check run; "
+          f"load average (1 min) {load_start:.1f} at start, {load_end:.1f} at end, {os.cpu_count()} cores")
     print(f"{'check (new pair)':32s} {'ms':>8s}")
     medians = {name: ms(times) for name, times in per_check.items() if times}
     for name, value in sorted(medians.items(), key=lambda item: -item[1]):
@@ -154,7 +169,8 @@ def main() -> None:
     print(f"{'fixloop --help':32s} {help_seconds * 1000:8.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "image": [w, h], "photo": args.photo, "repeats": n, "per_check_ms": medians,
+            "image": [w, h], "photo": args.photo, "repeats": n, "threads": threads,
+            "load_average": [load_start, load_end], "per_check_ms": medians,
             "sum_of_checks_ms": total_checks,
             "whole_warm_ms": {key: ms(values) for key, values in wall.items()},
             "whole_warm_cpu_ms": {key: ms(values) for key, values in cpu.items()},

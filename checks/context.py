@@ -4,8 +4,9 @@ Images are decoded once and brought to one common *analysis size* once: when the
 source differ in size (a backend returns 1024x1536 for a 1000x1500 input), both are compared at the
 smaller of the two, so that resampling alone never looks like blur. Derived views (grey, CIELAB,
 linear light) and model analyses are computed on first use and cached on the context and its images,
-so checks that need the same thing share it. A context belongs to one run of the checks (one thread);
-the models behind the analyses are shared by every thread of the process (:mod:`fixloop.checks.analyses`).
+so checks that need the same thing share it. A context belongs to one run of the checks, whose checks
+may run in a few threads (:func:`fixloop.checks.engine.run_checks`); the models behind the analyses
+are shared by every thread of the process (:mod:`fixloop.checks.analyses`).
 
 An image's shared analyses (pose, faces, hands, embeddings, line segments, band energies, ...) are
 also kept in the process's :data:`STORE` under a digest of its pixels, for the last few images: the
@@ -275,6 +276,8 @@ class CheckContext:
     notes: list[str] = field(default_factory=list)  # facts about the inputs worth reporting
     mask_path: str | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    _pending: dict[str, threading.Event] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -308,10 +311,33 @@ class CheckContext:
         return None if self.source is None else self.registration.source
 
     def shared(self, key: str, compute: Callable[[], Any]) -> Any:
-        """Compute ``key`` once per context and hand the same result to every check that asks."""
-        if key not in self._cache:
-            self._cache[key] = compute()
-        return self._cache[key]
+        """Compute ``key`` once per context and hand the same result to every check that asks (checks
+        of one run may run in several threads: a second one asking while it is computed waits for it)."""
+        value = self._cache.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+        while True:
+            with self._lock:
+                value = self._cache.get(key, _MISSING)
+                if value is not _MISSING:
+                    return value
+                pending = self._pending.get(key)
+                if pending is None:
+                    pending = self._pending[key] = threading.Event()
+                    break
+            pending.wait()  # another thread computes it; if that failed, compute it here
+        try:
+            value = compute()
+        except BaseException:
+            with self._lock:
+                del self._pending[key]
+            pending.set()
+            raise
+        with self._lock:
+            self._cache[key] = value
+            del self._pending[key]
+        pending.set()
+        return value
 
     def unedited_region(self, margin: float = 0.02, min_fraction: float = 0.10) -> np.ndarray:
         """Pixels the edit was not allowed to touch: outside the mask grown by ``margin`` of the

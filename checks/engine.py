@@ -28,7 +28,9 @@ An inherited finding is reported but does not count toward the verdict unless th
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import fixloop.checks.all  # noqa: F401  (registers every check)
@@ -72,33 +74,19 @@ def run_checks(
     policy = policy or load_policy()
     started = time.perf_counter() if started is None else started
     specs = [REGISTRY.get(name) for name in names] if names else list(REGISTRY)
-    findings: list[Finding] = []
-    runs: list[CheckRun] = []
-    for spec in specs:
-        params = policy.params(spec.name)
-        if not params.enabled and not names:
-            continue
-        t0 = time.perf_counter()
-        reason = next((r for r in (_missing_input(ctx, req) for req in spec.requires) if r), None)
-        if reason is not None:
-            runs.append(CheckRun(name=spec.name, status=CheckStatus.skipped, seconds=0.0, reason=reason))
-            continue
-        try:
-            found = spec.function(ctx, params)
-        except CheckSkipped as skipped:
-            runs.append(CheckRun(name=spec.name, status=CheckStatus.skipped,
-                                 seconds=round(time.perf_counter() - t0, 4), reason=str(skipped)))
-            continue
-        except Exception as exc:  # noqa: BLE001 - reported, and it turns the verdict to 'error'
-            runs.append(CheckRun(name=spec.name, status=CheckStatus.error,
-                                 seconds=round(time.perf_counter() - t0, 4),
-                                 error=f"{type(exc).__name__}: {exc}"))
-            continue
-        if found and spec.inheritable:
-            found = _mark_inherited(ctx, spec, params, found)
-        findings.extend(found)
-        runs.append(CheckRun(name=spec.name, status=CheckStatus.ok,
-                             seconds=round(time.perf_counter() - t0, 4), findings=len(found)))
+    specs = [spec for spec in specs if names or policy.params(spec.name).enabled]
+    threads = min(check_threads(), len(specs))
+    if threads > 1:
+        # longest first, so the long model checks overlap each other and the short ones fill in
+        order = sorted(range(len(specs)), key=lambda i: LONGEST_FIRST.index(specs[i].name)
+                       if specs[i].name in LONGEST_FIRST else len(LONGEST_FIRST))
+        with ThreadPoolExecutor(threads, thread_name_prefix="fixloop-check") as pool:
+            done = dict(zip(order, pool.map(lambda i: _run_one(ctx, specs[i], policy), order)))
+        results = [done[i] for i in range(len(specs))]
+    else:
+        results = [_run_one(ctx, spec, policy) for spec in specs]
+    findings: list[Finding] = [f for _, found in results for f in found]
+    runs: list[CheckRun] = [run for run, _ in results]
     findings.sort(key=lambda f: f.sort_key)
     return Report(
         verdict=_verdict(findings, runs, policy),
@@ -108,6 +96,53 @@ def run_checks(
         policy=policy.name,
         seconds=round(time.perf_counter() - started, 4),
     )
+
+
+def _run_one(ctx: CheckContext, spec, policy: Policy) -> tuple[CheckRun, list[Finding]]:
+    """One check over the context: its run record and its findings (inherited ones marked)."""
+    params = policy.params(spec.name)
+    t0 = time.perf_counter()
+    reason = next((r for r in (_missing_input(ctx, req) for req in spec.requires) if r), None)
+    if reason is not None:
+        return CheckRun(name=spec.name, status=CheckStatus.skipped, seconds=0.0, reason=reason), []
+    try:
+        found = spec.function(ctx, params)
+    except CheckSkipped as skipped:
+        return CheckRun(name=spec.name, status=CheckStatus.skipped,
+                        seconds=round(time.perf_counter() - t0, 4), reason=str(skipped)), []
+    except Exception as exc:  # noqa: BLE001 - reported, and it turns the verdict to 'error'
+        return CheckRun(name=spec.name, status=CheckStatus.error, seconds=round(time.perf_counter() - t0, 4),
+                        error=f"{type(exc).__name__}: {exc}"), []
+    if found and spec.inheritable:
+        found = _mark_inherited(ctx, spec, params, found)
+    return CheckRun(name=spec.name, status=CheckStatus.ok, seconds=round(time.perf_counter() - t0, 4),
+                    findings=len(found)), list(found)
+
+
+# Threads one run of the checks may use (FIXLOOP_CHECK_THREADS overrides; 1 runs them one by one).
+CHECK_THREADS_ENV = "FIXLOOP_CHECK_THREADS"
+MAX_CHECK_THREADS = 2
+# The order checks are started in when they run in threads: the longest first (new 1024-px pairs,
+# bench/checks_speed.py); checks not named start after these, in the registry's order.
+LONGEST_FIRST = ("identity_drift", "hand_malformed", "subject_cropped", "mask_spill", "texture_blur",
+                 "perspective_broken", "color_temperature_drift", "mirrored", "exposure_drift", "edge_halo")
+
+
+def check_threads() -> int:
+    """How many threads one run of the checks uses: ``FIXLOOP_CHECK_THREADS`` when set, else OpenCV's
+    thread budget (the cores, unless the process capped it as a gate worker sharing the cores with
+    others does: ``cv2.setNumThreads(1)`` runs the checks one by one), at most ``MAX_CHECK_THREADS``.
+    The reports are the same either way: every shared analysis is computed once and is a function of
+    the pixels alone."""
+    value = os.environ.get(CHECK_THREADS_ENV, "").strip()
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            pass
+    import cv2
+
+    return max(1, min(MAX_CHECK_THREADS, cv2.getNumThreads()))
 
 
 # Share of the smaller box two findings must share to be "at the same place".

@@ -135,3 +135,51 @@ def test_written_files_get_the_usual_mode_without_touching_the_umask(tmp_path):
         os.umask(saved)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def _comparable(report) -> tuple[list, list]:
+    findings = [(f.kind, f.priority.value, round(f.score, 6), f.inherited, None if f.region is None else f.region.box)
+                for f in report.findings]
+    return findings, [(c.name, c.status.value, c.findings, c.reason) for c in report.checks]
+
+
+def test_checks_in_threads_give_the_report_they_give_one_by_one(monkeypatch, policy):
+    """run_checks may run the checks of one context in a few threads: every shared analysis is still
+    computed once, and the report is the one the checks give one by one (faces, hands, a spill and
+    a darker picture, so the model checks and the pixel checks all run)."""
+    from fixloop.checks import context as context_module
+    from fixloop.checks.engine import CHECK_THREADS_ENV, check_threads
+
+    monkeypatch.setattr(context_module.STORE, "images", 0)  # nothing comes from an earlier run
+    image = photo("hand_ok_01.jpg")
+    case = defects.edit_spills_outside_mask(defects.exposure(image, -0.6).candidate)
+    reports = {}
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv(CHECK_THREADS_ENV, threads)
+        assert check_threads() == int(threads)
+        reports[threads] = run_checks(CheckContext.from_arrays(case.candidate, image, case.mask), policy)
+    assert _comparable(reports["2"]) == _comparable(reports["1"])
+    assert _comparable(reports["3"]) == _comparable(reports["1"])
+    assert [c.name for c in reports["2"].checks] == [c.name for c in reports["1"].checks]
+    kinds = {f.kind for f in reports["1"].findings}
+    assert {"mask_spill", "exposure_drift"} <= kinds
+    ran = {c.name for c in reports["1"].checks if c.status.value == "ok"}
+    assert {"identity_drift", "hand_malformed", "subject_cropped"} <= ran
+
+
+def test_check_threads_follow_opencv_unless_told(monkeypatch):
+    import cv2
+
+    from fixloop.checks.engine import CHECK_THREADS_ENV, MAX_CHECK_THREADS, check_threads
+
+    monkeypatch.delenv(CHECK_THREADS_ENV, raising=False)
+    before = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(1)  # a gate worker sharing the cores: the checks run one by one
+        assert check_threads() == 1
+        cv2.setNumThreads(8)
+        assert check_threads() == MAX_CHECK_THREADS
+    finally:
+        cv2.setNumThreads(before)
+    monkeypatch.setenv(CHECK_THREADS_ENV, "not a number")
+    assert 1 <= check_threads() <= MAX_CHECK_THREADS
