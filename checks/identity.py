@@ -30,6 +30,10 @@ source's faces are first carried into the candidate's frame by the registration
 shifted pairs each face with the same person. Several single-face references of different people
 are paired with the candidate's faces by best identity match instead, and a single identity is
 compared with the candidate face that matches it best.
+Against the source, a source face with no detected candidate face at its place is sought again in a
+crop around it with MediaPipe's short-range face model (:func:`refound_faces`): a pasted,
+colour-matched face is sometimes missed by the full-frame detector, and the check then skipped; a face
+the edit removed is not found again and stays unpaired.
 A pair whose distance crosses the embedder's threshold is a finding; its region is the candidate's
 face box and its repair mask the whole face with hairline, chin and ears (the box grown on every
 side, as an ellipse). A face needed for the comparison that is missing or too small to embed makes
@@ -405,6 +409,93 @@ def pair_by_identity(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> list[t
     return [(int(i), int(j)) for i, j in zip(rows, cols)]
 
 
+# ---- faces the detector missed where a source face stood ------------------------------------------
+
+# A pasted or exchanged face, colour-matched and feathered, is sometimes not found by the full-frame
+# detector (gen_body_extra_arm_01 with two of three donors, body_bus_01 and gen_hand_extra_hand_01 after
+# an exchange): without it the check skipped. Where a source face stood and the candidate shows no
+# detected face within ``max_center_shift``, the candidate is searched again in a square crop around the
+# source's face box (REDETECT_CONTEXT box sizes wide, resampled to REDETECT_PX px) with MediaPipe's
+# short-range face model (faces that fill a good part of the frame). A face found there, whose centre
+# lies within half a box width of the source face's, is embedded and compared like any detected face; a
+# face removed by the edit is not found again and stays unpaired, as before.
+REDETECT_CONTEXT = 2.5
+REDETECT_PX = 256
+_REDETECT_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _short_range_detector():
+    import mediapipe as mp
+
+    return mp.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.5)
+
+
+def redetect_face(image: AnalysisImage, box: Sequence[float]) -> Face | None:
+    """The face nearest the centre of ``box`` (analysis px) found by the short-range detector in a crop
+    around it, in analysis px, with the size of ``box``; None when there is none within half the box width."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    side = REDETECT_CONTEXT * max(x1 - x0, y1 - y0, 1.0)
+    scale = REDETECT_PX / side
+    left, top = cx - side / 2, cy - side / 2
+    matrix = np.float32([[scale, 0, -scale * left], [0, scale, -scale * top]])
+    crop = cv2.warpAffine(np.ascontiguousarray(image.uint8[..., :3]), matrix, (REDETECT_PX, REDETECT_PX),
+                          flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    with _REDETECT_LOCK:
+        result = _short_range_detector().process(crop)
+        found = []
+        for detection in result.detections or []:
+            rel = detection.location_data.relative_bounding_box
+            fbox = np.array([rel.xmin, rel.ymin, rel.xmin + rel.width, rel.ymin + rel.height]) * REDETECT_PX
+            points = np.array([[k.x, k.y] for k in detection.location_data.relative_keypoints]) * REDETECT_PX
+            found.append((float(detection.score[0]), fbox, points))
+    best = None
+    for score, fbox, points in found:
+        fbox = fbox / scale + np.array([left, top, left, top])
+        fx, fy = (fbox[0] + fbox[2]) / 2, (fbox[1] + fbox[3]) / 2
+        off = float(np.hypot(fx - cx, fy - cy))
+        if off <= 0.5 * (x1 - x0) and (best is None or off < best[0]):
+            # the short-range model's box is tighter than the full-range model's (32 against 51 px in
+            # body_bus_01): the face keeps the size of the box it was sought in, centred where it was found
+            hw, hh = (x1 - x0) / 2, (y1 - y0) / 2
+            best = (off, Face(box=np.array([fx - hw, fy - hh, fx + hw, fy + hh], dtype=np.float32), score=score,
+                              keypoints=(points / scale + np.array([left, top])).astype(np.float32)))
+    return None if best is None else best[1]
+
+
+def refound_faces(image: AnalysisImage, embedder: FaceEmbedder, boxes: Sequence[np.ndarray | None],
+                  found: Sequence[EmbeddedFace], max_shift: float) -> list[EmbeddedFace]:
+    """Faces found again (:func:`redetect_face`) at the ``boxes`` (source faces in the candidate's frame)
+    that no face of ``found`` pairs with by position (the assignment of :func:`pair_by_position`, so two
+    source faces close together do not share one candidate face); a face found again where a face of
+    ``found`` already is (centres within half a box width) is that face, not a new one. Embedded like
+    detected faces. Callers pass the faces wide enough to compare as ``found``: a face detected
+    narrower than ``min_face_px`` where a wider source face stood is sought again at the source's size."""
+    w, h = image.size
+    expected = [(i, np.asarray(box, dtype=np.float64)) for i, box in enumerate(boxes) if box is not None]
+    centres = [_centre(box, w, h) for _, box in expected]
+    paired = {i for i, _, _ in pair_by_position(centres, [f.centre for f in found], max_shift)}
+    extra: list[Face] = []
+    for n, (_, box) in enumerate(expected):
+        if n in paired or not (0 <= centres[n][0] <= 1 and 0 <= centres[n][1] <= 1):
+            continue
+        face = redetect_face(image, box)
+        if face is None:
+            continue
+        fx, fy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+        half = 0.5 * float(box[2] - box[0])
+        if any(np.hypot(fx - (f.box[0] + f.box[2]) / 2, fy - (f.box[1] + f.box[3]) / 2) <= half
+               for f in [*found, *extra]):
+            continue
+        extra.append(face)
+    if not extra:
+        return []
+    vectors = embedder.embed(image, extra)
+    return [EmbeddedFace(face=f, vector=v, centre=_centre(f.box, w, h), width=float(f.box[2] - f.box[0]),
+                         image_size=(w, h)) for f, v in zip(extra, vectors)]
+
+
 # ---- the source in the candidate's frame ---------------------------------------------------------
 
 
@@ -458,6 +549,7 @@ class Identity:
     vectors: list[np.ndarray]
     centre: tuple[float, float] | None = None
     members: list[tuple[int, int]] = field(default_factory=list)  # (image, face) of every face in it
+    box: np.ndarray | None = None  # the source face's box in the candidate's frame (source basis only)
 
     def score(self, embedder: FaceEmbedder, vector: np.ndarray) -> float:
         """Best score against any of this identity's faces (the candidate must match one reference photo)."""
@@ -547,7 +639,8 @@ def expected_identities(ctx: CheckContext, embedder: FaceEmbedder, min_face_px: 
     names = position_names([f.centre for f in kept])  # where they stand in the source, as the labels say
     placed = faces_in_candidate_frame(ctx, kept)
     identities = [Identity(label=f"the person{' ' + n if n else ''} in the source", vectors=[f.vector],
-                           centre=p.centre, members=[(0, i)]) for i, (f, p, n) in enumerate(zip(kept, placed, names))]
+                           centre=p.centre, members=[(0, i)], box=p.box)
+                  for i, (f, p, n) in enumerate(zip(kept, placed, names))]
     return "source", identities, True
 
 
@@ -555,6 +648,9 @@ def measure_identity(ctx: CheckContext, embedder: FaceEmbedder, params: Embedder
     """Pair the expected identities with the candidate's faces and score every pair."""
     basis, identities, positioned = expected_identities(ctx, embedder, params.min_face_px)
     all_faces = embedded_faces(ctx.candidate, embedder)
+    if basis == "source":
+        all_faces = all_faces + refound_faces(ctx.candidate, embedder, [p.box for p in identities],
+                                              usable(all_faces, params.min_face_px), params.max_center_shift)
     if not all_faces:
         raise CheckSkipped(f"no face found in the candidate (the {basis} show {len(identities)} "
                            f"{'person' if len(identities) == 1 else 'people'}): a face that vanished or is no longer "

@@ -356,3 +356,42 @@ def test_a_mirrored_photo_compares_each_face_with_its_own_person(policy, name):
     measurement = measure_identity(ctx, embedder, policy.params("identity_drift"))
     assert len(measurement.comparisons) >= 2 and not measurement.unpaired
     assert all(c.same and c.shift < 0.02 for c in measurement.comparisons), measurement.comparisons
+
+
+# ---- pasted faces (issue 13, part 3; builders of tests/face_defects.py) -------------------------
+
+
+def test_a_pasted_face_the_detector_no_longer_finds_is_found_again(policy):
+    """gen_body_extra_arm_01 with face_harington_03 pasted over its face: the full-range detector finds
+    no face in the candidate (the check skipped); searched again around the source's face, it is found
+    and reported."""
+    from tests import face_defects
+
+    case = face_defects.face_paste_other(photo("gen_body_extra_arm_01.jpg"), 0)
+    assert face_defects.donors_other("gen_body_extra_arm_01.jpg")[0] == "face_harington_03.jpg"
+    assert not faces(CheckContext.from_arrays(case.candidate).candidate)
+    run_, findings = run(CheckContext.from_arrays(case.candidate, case.source), policy)
+    assert run_.status.value == "ok" and len(findings) == 1, run_
+    assert findings[0].score > findings[0].threshold
+
+
+def test_the_same_persons_face_from_another_photo_pasted_passes(policy):
+    """Identity kept: Obama's face from another portrait pasted over his face raises nothing."""
+    from tests import face_defects
+
+    for name in ["face_obama_01.jpg", "face_harington_02.jpg"]:
+        case = face_defects.face_paste_same(photo(name), 0)
+        run_, findings = run(CheckContext.from_arrays(case.candidate, case.source), policy)
+        assert run_.status.value == "ok" and findings == [], (name, findings)
+
+
+def test_a_removed_face_is_not_found_again(policy):
+    """Where the edit removed the face (filled with the surrounding colour), the search around the
+    source's face finds nothing: the check skips as before, it does not report drift."""
+    source = photo("face_obama_01.jpg")
+    (box, _), = defects.face_keypoints(source)
+    x0, y0, x1, y1 = (int(v) for v in box)
+    candidate = source.copy()
+    candidate[max(0, y0 - 60):y1 + 60, max(0, x0 - 60):x1 + 60] = source[5:10, 5:10].reshape(-1, 3).mean(axis=0)
+    run_, findings = run(CheckContext.from_arrays(candidate, source), policy)
+    assert run_.status.value == "skipped" and findings == []

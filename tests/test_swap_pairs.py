@@ -1,0 +1,62 @@
+"""subjects_swapped on every pair of faces (issue 13, part 3), with the builders of tests/face_defects.py.
+
+Faces of one photo share light, lens and resolution, so different people there are often nearer each
+other than the identity threshold (body_women_01: 0.33 to 0.41): the pairwise test (each face nearer
+the other person's old face than its own) must still find an exchange of any pair, and clean variants
+(JPEG q80, +-0.5 EV, a 2 % shift) must raise nothing. Photos of the fit half of bench.accuracy.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fixloop.checks.context import CheckContext
+from fixloop.checks.engine import run_checks
+from tests import face_defects
+from tests.conftest import photo
+
+CLEAN = [("face_clean_jpeg", 80.0), ("face_clean_ev", -0.5), ("face_clean_ev", 0.5), ("face_clean_shift", 0.02)]
+
+
+def run(case, policy, name="subjects_swapped"):
+    report = run_checks(CheckContext.from_arrays(case.candidate, case.source), policy, names=[name])
+    return report.checks[0], report.findings
+
+
+@pytest.mark.parametrize("pair", [0, 1, 2])
+def test_every_pair_of_three_faces_exchanged_is_found(policy, pair):
+    """body_women_01: three women whose faces are all nearer each other than the threshold."""
+    image = photo("body_women_01.jpg")
+    assert len(face_defects.face_pairs(image)) == 3
+    run_, findings = run(face_defects.face_swap_pair(image, pair), policy)
+    assert run_.status.value == "ok" and [f.evidence["kind"] for f in findings] == ["swapped"], findings
+    finding = findings[0]
+    assert finding.evidence["test"] == "pairwise"
+    own, crossed = finding.evidence["distances"]["own"], finding.evidence["distances"]["crossed"]
+    assert all(c < o for c, o in zip(crossed, own))
+    assert finding.message.startswith("The face ") and "exchanged identities" in finding.message
+
+
+def test_a_face_the_detector_loses_after_the_exchange_is_found_again(policy):
+    """body_bus_01: after the exchange the full-range detector finds one of the two faces; the other
+    is found again in a crop around where the source's face stood."""
+    case = face_defects.face_swap_pair(photo("body_bus_01.jpg"), 0)
+    run_, findings = run(case, policy)
+    assert run_.status.value == "ok" and [f.evidence["kind"] for f in findings] == ["swapped"], findings
+
+
+@pytest.mark.parametrize("name", ["body_women_01.jpg", "body_bus_01.jpg", "group_leslie_harington_01.jpg"])
+@pytest.mark.parametrize("builder,amount", CLEAN)
+def test_clean_variants_raise_nothing(policy, name, builder, amount):
+    run_, findings = run(face_defects.BUILDERS[builder](photo(name), amount), policy)
+    assert run_.status.value == "ok" and findings == [], findings
+
+
+def test_two_faces_of_one_photo_nearer_than_the_threshold_are_not_skipped(policy):
+    """Before the pairwise test, two people the threshold calls one were 'fewer than two different
+    people' and the check skipped (body_boardgame_01: 0.40 apart)."""
+    image = photo("body_boardgame_01.jpg")
+    run_, findings = run(face_defects.face_clean_jpeg(image, 80), policy)
+    assert run_.status.value == "ok" and findings == []
+    run_, findings = run(face_defects.face_swap_pair(image, 0), policy)
+    assert run_.status.value == "ok" and [f.evidence["kind"] for f in findings] == ["swapped"], findings
