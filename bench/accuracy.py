@@ -275,6 +275,9 @@ def build_specs() -> list[Spec]:
     # mask_spill (tests/test_spill.py).
     specs.append(Spec("mask_spill", "spill band 15% width", "defect", (("edit_spills_outside_mask", 0.15, "case"),),
                       readme="51/55, always left", judge=judge_spill, note=note_placed("placed left of the mask")))
+    specs.append(Spec("mask_spill", "face outside the mask darkened 0.4 EV and softened", "defect",
+                      (("spill_on_face", -0.4, "case"),), readme="issue 13: 21/24 unseen", judge=judge_any,
+                      tuned_on="fit", note=note_misses))
     specs.append(Spec("mask_spill", "edit inside the mask (q85)", "clean", (("edit_inside_mask", 0.0, "case"),),
                       readme="0/55", note=note_alarms))
     specs.append(Spec("mask_spill", "edit inside the mask, resized 1.024x", "clean",

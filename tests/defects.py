@@ -319,6 +319,47 @@ DEFECTS["face_duplicate"] = face_duplicate
 # ---- mirrored / perspective_broken: flips that were also edited, horizon and verticals tilted alone --
 
 
+def _mask_clear_of(shape: tuple[int, ...], box: np.ndarray) -> np.ndarray:
+    """An edit mask (a box of about 30 % x 40 % of the image) placed where it stays clear of ``box``
+    grown by 0.6 of its width; ValueError when no such place is left."""
+    h, w = shape[:2]
+    x0, y0, x1, y1 = box
+    grow = 0.6 * (x1 - x0)
+    for mx0, my0, mx1, my1 in ((0.65, 0.3, 0.95, 0.7), (0.05, 0.3, 0.35, 0.7), (0.3, 0.72, 0.7, 0.97),
+                               (0.3, 0.03, 0.7, 0.28), (0.7, 0.7, 0.97, 0.97), (0.03, 0.7, 0.3, 0.97)):
+        bx0, by0, bx1, by1 = mx0 * w, my0 * h, mx1 * w, my1 * h
+        if bx1 < x0 - grow or bx0 > x1 + grow or by1 < y0 - grow or by0 > y1 + grow:
+            mask = np.zeros((h, w), bool)
+            mask[int(by0):int(by1), int(bx0):int(bx1)] = True
+            return mask
+    raise ValueError("the face leaves no room for an edit mask clear of it")
+
+
+def spill_on_face(image: np.ndarray, ev: float = -0.4) -> Case:
+    """An edit inside a mask placed away from the largest face, which the edit also darkened by
+    ``ev`` and softened (Gaussian sigma 1.5, feathered): a spill onto a face outside the mask."""
+    found = face_keypoints(image)
+    if not found:
+        raise ValueError("no face")
+    box = max(found, key=lambda f: (f[0][2] - f[0][0]) * (f[0][3] - f[0][1]))[0]
+    mask = _mask_clear_of(image.shape, box)
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (int(v) for v in box)
+    pad = int(0.25 * (x1 - x0))
+    x0, y0, x1, y1 = max(0, x0 - pad), max(0, y0 - pad), min(w, x1 + pad), min(h, y1 + pad)
+    weight = np.zeros((h, w), np.float32)
+    weight[y0:y1, x0:x1] = 1.0
+    weight = cv2.GaussianBlur(weight, (0, 0), max(2.0, 0.05 * (x1 - x0)))[..., None]
+    edited = recolour(image, mask).astype(np.float32)
+    darker = np.clip(to_srgb(to_linear(edited.astype(np.uint8)) * 2.0 ** ev).astype(np.float32), 0, 255)
+    softened = cv2.GaussianBlur(darker, (0, 0), 1.5)
+    out = np.clip(edited * (1 - weight) + softened * weight + 0.5, 0, 255).astype(np.uint8)
+    return Case(candidate=jpeg(out, 90), source=image, mask=mask)
+
+
+DEFECTS["spill_on_face"] = spill_on_face
+
+
 def flip_and_edit(image: np.ndarray, amount: float = 0.0) -> Case:
     """The image mirrored left-right AND recoloured in the centre box (the edit mask), JPEG q85."""
     mask = centre_box_mask(image.shape, 0.4)
