@@ -263,7 +263,7 @@ def build_specs() -> list[Spec]:
                           note=note_alarms))
 
     # exposure_drift and color_temperature_drift (tests/test_light.py).
-    for ev in (-0.5, 0.4):
+    for ev in (-0.5, 0.4, 0.6):
         specs.append(Spec("exposure_drift", f"exposure {ev:+.1f} EV", "defect", (("exposure", ev, "case"),),
                           readme="reads -0.50 ± 0.01 EV (tests' 8)" if ev < 0 else "found; reads lower (clipping)",
                           judge=judge_exposure, note=note_reading("EV", ev, 0.01, LIGHT_SAMPLE)))

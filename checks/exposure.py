@@ -4,7 +4,7 @@ Measured in linear light on the pixels the edit was not allowed to change (outsi
 or the whole image without one), against the source registered to the candidate
 (:mod:`fixloop.checks.registration`; the border a moved source does not cover is left out): the
 exposure change is ``log2(mean Y_candidate / mean Y_source)`` in EV, the way a photographer counts
-stops. Highlights newly clipped to white and shadows newly crushed to black are counted
+stops, over the pixels clipped or crushed in neither image (a pixel held at white cannot brighten). Highlights newly clipped to white and shadows newly crushed to black are counted
 separately, since a curve change can clip without moving the mean much. With earlier passes (``--history``) the same measure is taken for every pass, and a steady
 drift across passes is reported even before it adds up to the limit: repeated low-denoise passes
 are the usual cause, and the fix is to stop looping and correct once.
@@ -75,10 +75,21 @@ def _clipped(image: AnalysisImage, region: np.ndarray) -> tuple[float, float]:
     return float(np.count_nonzero(clipped & region)) / count, float(np.count_nonzero(crushed & region)) / count
 
 
+MIN_UNSATURATED = 0.05  # share of the region that must be neither clipped nor crushed in either image
+
+
 def measure_exposure(before: AnalysisImage, after: AnalysisImage, region: np.ndarray) -> ExposureChange:
-    """Exposure change from ``before`` to ``after`` on the pixels in ``region``."""
-    mean_before = _masked_mean(before.luminance, region)
-    mean_after = _masked_mean(after.luminance, region)
+    """Exposure change from ``before`` to ``after`` on the pixels in ``region``.
+
+    The EV is read on the pixels that are neither clipped nor crushed in either image: a pixel held
+    at white (or black) cannot follow the change, and a photo with large white areas otherwise
+    reads a +0.4 EV brightening as +0.16. Where almost every pixel is saturated, on all of them."""
+    clipped_b, crushed_b = clipped_crushed(before)
+    clipped_a, crushed_a = clipped_crushed(after)
+    unsaturated = region & ~(clipped_b | crushed_b | clipped_a | crushed_a)
+    measured = unsaturated if np.count_nonzero(unsaturated) >= MIN_UNSATURATED * np.count_nonzero(region) else region
+    mean_before = _masked_mean(before.luminance, measured)
+    mean_after = _masked_mean(after.luminance, measured)
     ev = float(np.log2(max(mean_after, 1e-5) / max(mean_before, 1e-5)))
     clipped_before, crushed_before = _clipped(before, region)
     clipped_after, crushed_after = _clipped(after, region)
