@@ -19,7 +19,7 @@ embeddings of face chips it embedded, so a warm check is measured three ways:
 Per check it prints the medians of the ``new pair`` runs, and the CPU time of the whole checks beside
 their wall time (the machine is shared: CPU time is the steadier figure), with the load average at
 start and end. ``--threads`` sets how many threads one run of the checks uses
-(``FIXLOOP_CHECK_THREADS``; default: the engine's own choice, :func:`fixloop.checks.engine.check_threads`);
+(``FIXLOOP_CHECK_THREADS``; default: the engine's, :func:`fixloop.checks.engine.check_threads`, one);
 with more than one, checks overlap and a check's time includes waiting for an analysis another
 check is computing, so per-check figures are meaningful with ``--threads 1``.
 """

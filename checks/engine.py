@@ -119,9 +119,9 @@ def _run_one(ctx: CheckContext, spec, policy: Policy) -> tuple[CheckRun, list[Fi
                     findings=len(found)), list(found)
 
 
-# Threads one run of the checks may use (FIXLOOP_CHECK_THREADS overrides; 1 runs them one by one).
+# Threads one run of the checks may use (FIXLOOP_CHECK_THREADS; unset: 1, the checks one by one).
 CHECK_THREADS_ENV = "FIXLOOP_CHECK_THREADS"
-MAX_CHECK_THREADS = 2
+MAX_CHECK_THREADS = 4
 # The order checks are started in when they run in threads: the longest first (new 1024-px pairs,
 # bench/checks_speed.py); checks not named start after these, in the registry's order.
 LONGEST_FIRST = ("identity_drift", "hand_malformed", "subject_cropped", "mask_spill", "texture_blur",
@@ -129,20 +129,16 @@ LONGEST_FIRST = ("identity_drift", "hand_malformed", "subject_cropped", "mask_sp
 
 
 def check_threads() -> int:
-    """How many threads one run of the checks uses: ``FIXLOOP_CHECK_THREADS`` when set, else OpenCV's
-    thread budget (the cores, unless the process capped it as a gate worker sharing the cores with
-    others does: ``cv2.setNumThreads(1)`` runs the checks one by one), at most ``MAX_CHECK_THREADS``.
-    The reports are the same either way: every shared analysis is computed once and is a function of
-    the pixels alone."""
+    """How many threads one run of the checks uses: ``FIXLOOP_CHECK_THREADS`` when set (at most
+    ``MAX_CHECK_THREADS``), else 1. Off by default: on the shared 2-core machine (load 5-10) two
+    threads gave 3 % wall time back at best and cost 6-15 % more CPU (one reason: dlib's descriptor
+    holds Python's GIL). The reports are the same either way: every shared analysis is computed once
+    and is a function of the pixels alone."""
     value = os.environ.get(CHECK_THREADS_ENV, "").strip()
-    if value:
-        try:
-            return max(1, int(value))
-        except ValueError:
-            pass
-    import cv2
-
-    return max(1, min(MAX_CHECK_THREADS, cv2.getNumThreads()))
+    try:
+        return max(1, min(MAX_CHECK_THREADS, int(value))) if value else 1
+    except ValueError:
+        return 1
 
 
 # Share of the smaller box two findings must share to be "at the same place".
