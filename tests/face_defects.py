@@ -15,6 +15,8 @@ too few faces, no donor) raises ``ValueError`` (the bench counts that case as no
 - ``face_swap_pair`` (amount = pair index k): in a photo with two or more faces at least
   ``MIN_FACE_PX`` wide (analysis size, the checks' ``min_face_px``), the k-th pair of faces (pairs of
   the faces ordered by width, largest first: (0, 1), (0, 2), (1, 2), (0, 3), ...) exchanged.
+- ``*_small``: the pasted and clean cases with the whole picture scaled so that the largest face is
+  ``SMALL_FACE_PX`` (30) px wide at analysis size (faces the checks skipped below 40 px).
 - clean variants of the photo (the source left as it was): ``face_clean_jpeg`` (JPEG at quality
   ``amount``), ``face_clean_ev`` (``amount`` EV, re-encoded q90), ``face_clean_shift`` (the picture moved
   by ``amount`` of its width right and down, the border filled by reflection, re-encoded q90).
@@ -185,7 +187,46 @@ def face_clean_shift(image: np.ndarray, amount: float = 0.02) -> Case:
     return Case(candidate=jpeg(moved, 90), source=image)
 
 
+# ---- small faces: the whole case scaled so that the largest face is SMALL_FACE_PX wide ---------------
+
+SMALL_FACE_PX = 30.0  # analysis px (the checks' min_face_px is 40: these faces were skipped before)
+
+
+def _scaled_small(image: np.ndarray, case: Case) -> Case:
+    """``case`` (source and candidate) scaled so that the largest face of ``image`` is SMALL_FACE_PX
+    wide at analysis size; ValueError when it already is narrower."""
+    found = face_keypoints(image)
+    if not found:
+        raise ValueError("no face in the photo")
+    box, _ = _largest(found)
+    width = float(box[2] - box[0]) / _analysis_scale(image)
+    if width <= SMALL_FACE_PX:
+        raise ValueError(f"the largest face is {width:.0f} px wide already")
+    scale = SMALL_FACE_PX / float(box[2] - box[0])  # the scaled image is below the analysis size
+    shrink = lambda im: cv2.resize(im, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)  # noqa: E731
+    return Case(candidate=jpeg(shrink(case.candidate), 90), source=shrink(case.source))
+
+
+def face_paste_other_small(image: np.ndarray, amount: float = 0.0) -> Case:
+    """face_paste_other (donor rank ``amount``), then the whole picture scaled to a SMALL_FACE_PX face."""
+    return _scaled_small(image, face_paste_other(image, amount))
+
+
+def face_paste_same_small(image: np.ndarray, amount: float = 0.0) -> Case:
+    return _scaled_small(image, face_paste_same(image, amount))
+
+
+def face_clean_small(image: np.ndarray, amount: float = 0.0) -> Case:
+    """The picture with a SMALL_FACE_PX face, clean: amount 0 = +0.5 EV, 1 = -0.5 EV, 2 = JPEG q80."""
+    variant = {0: lambda im: face_clean_ev(im, 0.5), 1: lambda im: face_clean_ev(im, -0.5),
+               2: lambda im: face_clean_jpeg(im, 80)}[int(amount)]
+    return _scaled_small(image, variant(image))
+
+
 BUILDERS = {
+    "face_paste_other_small": face_paste_other_small,
+    "face_paste_same_small": face_paste_same_small,
+    "face_clean_small": face_clean_small,
     "face_paste_other": face_paste_other,
     "face_paste_same": face_paste_same,
     "face_swap_pair": face_swap_pair,

@@ -395,3 +395,21 @@ def test_a_removed_face_is_not_found_again(policy):
     candidate[max(0, y0 - 60):y1 + 60, max(0, x0 - 60):x1 + 60] = source[5:10, 5:10].reshape(-1, 3).mean(axis=0)
     run_, findings = run(CheckContext.from_arrays(candidate, source), policy)
     assert run_.status.value == "skipped" and findings == []
+
+
+@pytest.mark.parametrize("name", ["face_obama_04.jpg", "face_leslie_02.jpg"])
+def test_small_faces_are_compared_against_the_source(policy, name):
+    """Faces 30 px wide (under min_face_px = 40) are compared against the source (source_min_face_px =
+    24): another person's face pasted is found, the same person's face pasted from another photo and the
+    clean variants raise nothing."""
+    from tests import face_defects
+
+    image = photo(name)
+    case = face_defects.face_paste_other_small(image, 0)
+    run_, findings = run(CheckContext.from_arrays(case.candidate, case.source), policy)
+    assert run_.status.value == "ok" and len(findings) == 1, run_
+    assert 24 <= findings[0].evidence["face_width_px"] < 40
+    for case in [face_defects.face_paste_same_small(image, 0), *(face_defects.face_clean_small(image, k)
+                                                               for k in range(3))]:
+        run_, findings = run(CheckContext.from_arrays(case.candidate, case.source), policy)
+        assert run_.status.value == "ok" and findings == [], findings
