@@ -65,7 +65,8 @@ colour-matched transplants) 0.68 at most. The limit, 0.78, is the middle of that
 the shared faces: in-sample); subjects_swapped keeps it. identity_drift's limit is 0.86 since issue 13:
 other people's faces pasted on 25-38 px faces correlate up to 0.840 (two of them 0.79 and 0.82), and on
 the fit half of ``bench.accuracy`` the stability changes (+-1 EV, +-30 mired, JPEG q80, 0.9x, a new
-background, an edge ring, at full size and with 30 px faces) correlate 0.875 or more. The ArcFace threshold (0.30, cosine) is the commonly used value for buffalo_l
+background, an edge ring, at full size and with 30 px faces) correlate 0.875 or more.
+The ArcFace threshold (0.30, cosine) is the commonly used value for buffalo_l
 and is not calibrated here: the pack cannot be downloaded on these machines.
 """
 
