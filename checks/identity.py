@@ -752,6 +752,25 @@ def kept_from_source(ctx: CheckContext, box: Sequence[float], params: EmbedderPa
     return correlation is not None and correlation >= params.unchanged_correlation
 
 
+def every_face_kept(ctx: CheckContext, params: EmbedderParams, min_face_px: float, min_faces: int = 1) -> bool:
+    """Against the source alone: every face at least ``min_face_px`` wide, of the source (carried into
+    the candidate's frame) and of the candidate, is the source's own face there (:func:`kept_from_source`).
+    Then identity_drift and subjects_swapped can report nothing (they never report a kept face), so no
+    face needs its embedding: dlib's descriptor is most of a warm check's time (about 180 ms a face on
+    these CPUs), and most edits leave the faces alone. False when there are no such faces on either
+    side, or fewer than ``min_faces`` in the source (the full path says why it cannot compare)."""
+    if ctx.references or ctx.source is None or not ctx.aligned:
+        return False
+    source_boxes = [f.box for f in faces(ctx.source) if f.box[2] - f.box[0] >= min_face_px]
+    candidate_boxes = [f.box for f in faces(ctx.candidate) if f.box[2] - f.box[0] >= min_face_px]
+    if len(source_boxes) < max(min_faces, 1) or not candidate_boxes:
+        return False
+    matrix = source_to_candidate(ctx)
+    if matrix is not None:
+        source_boxes = [map_box(matrix, box) for box in source_boxes]
+    return all(kept_from_source(ctx, box, params) for box in [*source_boxes, *candidate_boxes])
+
+
 # ---- regions and repair masks --------------------------------------------------------------------
 
 
@@ -778,6 +797,8 @@ def check_identity_drift(ctx: CheckContext, params: IdentityParams):
     """Face embeddings of the references (or source) against the candidate's faces, per face."""
     if not ctx.references and ctx.source is None:
         raise CheckSkipped("needs identity reference images (--reference) or the image before the edit (--source)")
+    if every_face_kept(ctx, params, params.source_min_face_px or params.min_face_px):
+        return []  # the source's own faces, re-lit or re-encoded at most: nothing to embed
     embedder = get_embedder(params)
     measurement = measure_identity(ctx, embedder, params)
     findings = []

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import Field
 
+from fixloop.checks.analyses import faces
 from fixloop.checks.base import CheckSkipped, make_finding, register_check
 from fixloop.checks.context import CheckContext
 from fixloop.checks.geometry import union_box
@@ -62,6 +63,7 @@ from fixloop.checks.identity import (
     face_repair_mask,
     faces_in_candidate_frame,
     get_embedder,
+    every_face_kept,
     kept_from_source,
     pair_by_position,
     position_names,
@@ -294,6 +296,12 @@ def check_subjects_swapped(ctx: CheckContext, params: SwapParams):
     """With two or more people: faces whose identities crossed positions, or one identity on two faces."""
     if ctx.source is None and not ctx.references:
         raise CheckSkipped("needs the image before the edit (--source) or identity reference images (--reference)")
+    if ctx.source is not None and sum(f.box[2] - f.box[0] >= params.min_face_px for f in faces(ctx.source)) < 2:
+        # as measure_swaps would say, but before any face is embedded
+        raise CheckSkipped(f"the source shows fewer than two different people (faces at least "
+                           f"{params.min_face_px:.0f} px wide): no one to swap with")
+    if every_face_kept(ctx, params, params.min_face_px, min_faces=2):
+        return []  # every face is the source's own, where it was: no one was exchanged
     embedder = get_embedder(params)
     measurement = measure_swaps(ctx, embedder, params)
     findings = []

@@ -413,3 +413,46 @@ def test_small_faces_are_compared_against_the_source(policy, name):
                                                                for k in range(3))]:
         run_, findings = run(CheckContext.from_arrays(case.candidate, case.source), policy)
         assert run_.status.value == "ok" and findings == [], findings
+
+
+# ---- faces the edit left alone are not embedded ----------------------------------------------------
+
+
+def _face_findings(case, policy, **kwargs):
+    ctx = CheckContext.from_arrays(case.candidate, case.source, case.mask)
+    report = run_checks(ctx, policy, names=["identity_drift", "subjects_swapped"], **kwargs)
+    return ctx, [(f.kind, f.region.box, round(f.score, 6)) for f in report.findings], \
+        {c.name: c.status.value for c in report.checks}
+
+
+@pytest.mark.parametrize("name", ["face_obama_02.jpg", "group_couple_01.jpg", "body_women_01.jpg"])
+def test_faces_the_edit_left_alone_are_not_embedded_and_nothing_changes(name, policy, monkeypatch):
+    """Re-lit, re-encoded or edited elsewhere: every face is the source's own, so neither face check
+    embeds one (dlib's descriptor is most of a warm check's time); an exchanged or pasted face still
+    goes the full way. Either way the findings are those of the full path."""
+    from fixloop.checks import identity, swap
+    from tests import face_defects
+
+    image = photo(name)
+    kept_cases = [face_defects.face_clean_ev(image, 0.5), face_defects.face_clean_jpeg(image, 80.0),
+                  defects.edit_inside_mask(image)]
+    changed_cases = [face_defects.face_paste_other(image)]
+    if len(face_defects.face_pairs(image)) > 0:
+        changed_cases.append(face_defects.face_swap_pair(image))
+    embedded = []
+    original = identity.embedded_faces
+    monkeypatch.setattr(identity, "embedded_faces", lambda image, embedder: embedded.append(1) or original(image, embedder))
+    monkeypatch.setattr(swap, "embedded_faces", identity.embedded_faces)
+    fast = []
+    for i, case in enumerate(kept_cases + changed_cases):
+        kept = i < len(kept_cases)
+        embedded.clear()
+        ctx, findings, statuses = _face_findings(case, policy)
+        assert identity.every_face_kept(ctx, policy.params("identity_drift"), 24) == kept
+        assert (not embedded) == kept
+        fast.append((findings, statuses))
+    monkeypatch.setattr(identity, "every_face_kept", lambda *args, **kwargs: False)
+    monkeypatch.setattr(swap, "every_face_kept", lambda *args, **kwargs: False)
+    full = [_face_findings(case, policy)[1:] for case in kept_cases + changed_cases]
+    assert fast == full
+    assert any(findings for findings, _ in fast[len(kept_cases):])  # the paste / exchange is still found
