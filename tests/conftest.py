@@ -47,3 +47,13 @@ def policy():
     from fixloop.checks.policy import load_policy
 
     return load_policy()
+
+
+def sigint_at_default() -> None:
+    """``preexec_fn`` for a child a test interrupts with SIGINT: Ctrl-C at its default action, as a
+    command started at a terminal has it. A test run started in the background of a non-interactive
+    shell (``nohup make test &``, as CI may) ignores SIGINT, and its children would inherit that:
+    Python then installs no KeyboardInterrupt handler and the signal does nothing."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+from tests.conftest import sigint_at_default
+
 STUCK = """
 import sys, time
 from fixloop.apps.interrupt import exit_soon_after_ctrl_c
@@ -34,7 +36,8 @@ except KeyboardInterrupt:
 
 
 def _start(code: str) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=sigint_at_default)
     assert process.stdout.readline().strip() == "armed"
     return process
 

@@ -26,7 +26,7 @@ from fixloop.agent.example import build_example
 from fixloop.agent.runner import load_run, start_run
 from fixloop.agent.state import AttemptCause, Budget, OpenCause, Outcome, RunInputs, StopReason
 from tests import defects
-from tests.conftest import photo
+from tests.conftest import photo, sigint_at_default
 from tests.openai_server import OpenAIImagesServer
 
 FIXLOOP = [sys.executable, "-m", "fixloop.apps.cli"]
@@ -486,7 +486,8 @@ def test_killed_run_resumes_without_repeating_a_finished_paid_call(tmp_path, sto
                "OPENAI_BASE_URL": server.base_url}
         process = subprocess.Popen([*FIXLOOP, "repair", paths["image"], "--source", paths["source"],
                                     "--backend", "openai", "--out", str(tmp_path / "run")],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                   preexec_fn=sigint_at_default)
         deadline = time.time() + 180
         while len(server.requests) < 2 and time.time() < deadline and process.poll() is None:
             time.sleep(0.05)
