@@ -396,6 +396,13 @@ class GateChecker:
 
             example = build_example()
             service.check(example["candidate"], example["source"], example["mask"], policy=self.policy)
+            # the example's face is the source's own, so the check above embedded none: load the embedder
+            from fixloop.checks.identity import get_embedder
+
+            try:
+                get_embedder(self.policy.params("identity_drift")).load()
+            except Exception:  # noqa: BLE001 - a missing pack is reported by the face checks on use, per image
+                pass
         _CHECKERS_BUILT += 1
 
     def stats(self) -> dict[str, Any]:

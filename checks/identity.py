@@ -143,6 +143,11 @@ class FaceEmbedder(ABC):
     def embed(self, image: AnalysisImage, face_list: Sequence[Face]) -> np.ndarray:
         """N x D unit vectors, one per face."""
 
+    @abstractmethod
+    def load(self) -> None:
+        """Load the model now (a worker warms up before its first image; faces the edit left alone
+        are never embedded, so the first use can come late)."""
+
     @property
     def unit(self) -> str:
         return {"euclidean": f"Euclidean distance ({self.name} embedding)",
@@ -203,6 +208,9 @@ class DlibEmbedder(FaceEmbedder):
         self.shape_path = models.locate("dlib_shape_predictor_5")
         self.descriptor_path = models.locate("dlib_face_descriptor")
         self.key = f"dlib:{self.descriptor_path}"
+
+    def load(self) -> None:
+        _dlib_models(str(self.shape_path), str(self.descriptor_path))
 
     def embed(self, image: AnalysisImage, face_list: Sequence[Face]) -> np.ndarray:
         if not face_list:
@@ -297,6 +305,9 @@ class ArcFaceEmbedder(FaceEmbedder):
         self.threshold = threshold
         self.model_path = models.locate("insightface_arcface", model_path or None)
         self.key = f"insightface:{self.model_path}"
+
+    def load(self) -> None:
+        _arcface_session(str(self.model_path))
 
     def crops(self, image: AnalysisImage, face_list: Sequence[Face]) -> list[np.ndarray]:
         size = _arcface_session(str(self.model_path))[3]
