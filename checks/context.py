@@ -68,6 +68,41 @@ def same_aspect(size_a: Sequence[int], size_b: Sequence[int], tolerance: float =
 _MISSING = object()
 
 
+def compute_once(lock: threading.Lock, cache: dict, pending: dict, key: str, compute: Callable[[], Any],
+                 stored: Callable[[], Any] | None = None, store: Callable[[Any], None] | None = None) -> Any:
+    """``cache[key]``, computed by ``compute()`` once however many threads ask at the same time (a
+    second one waits for the first; if the first fails, it computes it itself). ``stored()`` may find
+    it elsewhere first (``_MISSING`` when not); ``store(value)`` keeps a new one there."""
+    while True:
+        with lock:
+            value = cache.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+            event = pending.get(key)
+            if event is None:
+                value = _MISSING if stored is None else stored()
+                if value is not _MISSING:
+                    cache[key] = value
+                    return value
+                event = pending[key] = threading.Event()
+                break
+        event.wait()
+    try:
+        value = compute()
+    except BaseException:
+        with lock:
+            del pending[key]
+        event.set()
+        raise
+    with lock:
+        cache[key] = value
+        del pending[key]
+    if store is not None:
+        store(value)
+    event.set()
+    return value
+
+
 class Memo:
     """A small least-recently-used map, safe to share between threads."""
 
@@ -180,33 +215,8 @@ class AnalysisImage:
         if value is not _MISSING:
             return value
         digest = self.digest
-        while True:
-            with self._lock:
-                value = self._analyses.get(key, _MISSING)
-                if value is not _MISSING:
-                    return value
-                pending = self._pending.get(key)
-                if pending is None:
-                    value = STORE.get(digest, key)
-                    if value is not _MISSING:
-                        self._analyses[key] = value
-                        return value
-                    pending = self._pending[key] = threading.Event()
-                    break
-            pending.wait()  # another thread computes it; if that failed, compute it here
-        try:
-            value = compute()
-        except BaseException:
-            with self._lock:
-                del self._pending[key]
-            pending.set()
-            raise
-        with self._lock:
-            self._analyses[key] = value
-            del self._pending[key]
-        STORE.put(digest, key, value)
-        pending.set()
-        return value
+        return compute_once(self._lock, self._analyses, self._pending, key, compute,
+                            stored=lambda: STORE.get(digest, key), store=lambda v: STORE.put(digest, key, v))
 
     def computed(self, key: str) -> bool:
         """True when analysis ``key`` is at hand (computed here or found in the store)."""
@@ -316,28 +326,7 @@ class CheckContext:
         value = self._cache.get(key, _MISSING)
         if value is not _MISSING:
             return value
-        while True:
-            with self._lock:
-                value = self._cache.get(key, _MISSING)
-                if value is not _MISSING:
-                    return value
-                pending = self._pending.get(key)
-                if pending is None:
-                    pending = self._pending[key] = threading.Event()
-                    break
-            pending.wait()  # another thread computes it; if that failed, compute it here
-        try:
-            value = compute()
-        except BaseException:
-            with self._lock:
-                del self._pending[key]
-            pending.set()
-            raise
-        with self._lock:
-            self._cache[key] = value
-            del self._pending[key]
-        pending.set()
-        return value
+        return compute_once(self._lock, self._cache, self._pending, key, compute)
 
     def unedited_region(self, margin: float = 0.02, min_fraction: float = 0.10) -> np.ndarray:
         """Pixels the edit was not allowed to touch: outside the mask grown by ``margin`` of the

@@ -128,22 +128,20 @@ def donors_same(name: str) -> list[str]:
     return _ranked(name, [d for d in _single_face_portraits() if d != name and people(d) == mine])
 
 
-def face_paste_other(image: np.ndarray, amount: float = 0.0) -> Case:
-    name = photo_name(image)
-    donors = donors_other(name)
+def _paste_donor(image: np.ndarray, donors: list[str], amount: float, missing: str) -> Case:
+    """Paste the face of donor number ``amount``; ValueError(``missing``) when there is no such donor."""
     k = int(amount)
     if k >= len(donors):
-        raise ValueError("no such donor")
+        raise ValueError(missing)
     return _paste(image, donors[k])
+
+
+def face_paste_other(image: np.ndarray, amount: float = 0.0) -> Case:
+    return _paste_donor(image, donors_other(photo_name(image)), amount, "no such donor")
 
 
 def face_paste_same(image: np.ndarray, amount: float = 0.0) -> Case:
-    name = photo_name(image)
-    donors = donors_same(name)
-    k = int(amount)
-    if k >= len(donors):
-        raise ValueError("no other photo of this person")
-    return _paste(image, donors[k])
+    return _paste_donor(image, donors_same(photo_name(image)), amount, "no other photo of this person")
 
 
 def face_pairs(image: np.ndarray) -> list[tuple[int, int]]:
