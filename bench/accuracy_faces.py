@@ -18,6 +18,7 @@ DRIFT_TUNED_ON = None
 # unchanged_correlation (0.86) were fitted on the fit half only: the rows of 30 px faces are held-out on the
 # report half (its dlib_threshold, 0.42, is still the all-photo calibration of tests/test_identity.py).
 SMALL_TUNED_ON = "fit"
+# subjects_swapped's swap_margin (pairwise test) and assignment_margin (assignment test) were fitted on the fit half.
 SWAP_TUNED_ON = "fit"
 PASTE_DONORS = 3  # donors per photo for the pasted-face row
 SWAP_PAIRS = 10  # at most this many face pairs exchanged per photo

@@ -23,10 +23,17 @@ by more than ``swap_margin`` (Euclidean distance of the unit-length embeddings),
 one photo share light, lens and resolution, and different people there are often nearer each other than
 the threshold (0.33 to 0.44 in three photos of the shared set), which made the check skip ("fewer than
 two different people") or miss the exchange; with a source, two faces at two places are enough to test.
+The **assignment** test covers an exchange where one of the two transplanted faces matches neither person
+(a face pasted onto a turned or tilted head): when both faces' inner pixels changed (they no longer
+correlate with the registered source's at ``unchanged_correlation``) and the two people fit the two places
+better exchanged than where they stood, in total, by more than ``assignment_margin``, they were exchanged.
+One face that took another's identity while that other face stayed as it was (a duplicate) leaves one
+face unchanged and is kept out of it.
 A face the detector misses after the edit where a source face stood is sought again as in
 ``identity_drift`` (:func:`fixloop.checks.identity.refound_faces`). The finding's score is then the smaller
-of the two leads (own distance minus crossed distance) against ``swap_margin``, unless the threshold
-test holds as well, when it is the embedder's score as below.
+of the two leads (own distance minus crossed distance) against ``swap_margin`` (for the assignment test,
+their sum against ``assignment_margin``), unless the threshold test holds as well, when it is the
+embedder's score as below.
 
 Two candidate faces that the embedder calls one person, although they were two different people
 before, are also reported as duplicated. Without a source, positions come from a reference that
@@ -64,6 +71,7 @@ from fixloop.checks.identity import (
     faces_in_candidate_frame,
     get_embedder,
     every_face_kept,
+    face_correlation,
     kept_from_source,
     pair_by_position,
     position_names,
@@ -80,6 +88,9 @@ class SwapParams(IdentityParams):
 
     swap_margin: float = Field(ge=0, lt=2, description="Euclidean distance between unit-length embeddings by "
                                "which each of two faces must be nearer the other person than its own")
+    assignment_margin: float = Field(ge=0, lt=4, description="Euclidean distance between unit-length embeddings "
+                                     "by which the exchanged pairing of two faces whose pixels both changed must be "
+                                     "nearer, in total, than the kept pairing")
 
 
 @dataclass(frozen=True)
@@ -146,8 +157,12 @@ def measure_swaps(ctx: CheckContext, embedder: FaceEmbedder, params: SwapParams)
                            "nothing to compare for a swap")
     scores = [[embedder.score(b.vector, a.vector) for a in after] for b in before]
     if positioned:
+        # candidate faces whose pixels no longer correlate with the registered source's: faces the edit
+        # changed (None where that cannot be told: no source of the same framing)
+        changed = [None if basis != "source" else _changed(ctx, a.box, params) for a in after]
         events = _positional_events(embedder, [label for label, _ in labelled], before, after, person, scores,
-                                    params.max_center_shift, basis, params.swap_margin)
+                                    params.max_center_shift, basis, params.swap_margin, changed,
+                                    params.assignment_margin)
     else:
         events = _pooled_events(embedder, identities, after)
     return SwapMeasurement(basis=basis, people_before=len(identities), faces_after=len(after), events=events,
@@ -156,7 +171,8 @@ def measure_swaps(ctx: CheckContext, embedder: FaceEmbedder, params: SwapParams)
 
 def _positional_events(embedder: FaceEmbedder, labels: list[str], before: list[EmbeddedFace],
                        after: list[EmbeddedFace], person: dict[int, int], scores: list[list[float]],
-                       max_shift: float, basis: str, margin: float) -> list[SwapEvent]:
+                       max_shift: float, basis: str, margin: float, changed: list[bool | None] | None = None,
+                       assignment_margin: float = 0.0) -> list[SwapEvent]:
     pairs = pair_by_position([b.centre for b in before], [a.centre for a in after], max_shift)
     at = {i: j for i, j, _ in pairs}  # before face -> the candidate face at its place
     where = position_names([a.centre for a in after])  # where each candidate face stands
@@ -169,43 +185,71 @@ def _positional_events(embedder: FaceEmbedder, labels: list[str], before: list[E
             carried[i] = min(others, key=lambda k: embedder.dissimilarity(before[k].vector, after[j].vector))
     events: list[SwapEvent] = []
     involved: set[int] = set()
-    # Every pair of faces the source and the candidate share, whatever the threshold says: each face
-    # nearer the other person's old face than its own by ``margin`` (Euclidean distance of unit vectors)
-    # is an exchange. Faces of one photo can be nearer each other than the threshold, so the test above
+    # Every pair of faces the source and the candidate share, whatever the threshold says, is tested
+    # as an exchange. Faces of one photo can be nearer each other than the threshold, so the test below
     # (which needs each face to match the other person outright) misses most exchanges in group photos.
+    # - pairwise: each face nearer the other person's old face than its own by ``margin`` (Euclidean
+    #   distance of unit vectors);
+    # - assignment: both faces' pixels changed (see :func:`_changed`) and the exchanged pairing nearer in
+    #   total than the kept one by ``assignment_margin`` (the better of the two assignments of two
+    #   identities to two places). A face transplanted onto a turned or tilted head can match neither
+    #   person well (group_cardgame_01: 0.484 from its own, 0.493 from the other) while its partner
+    #   plainly carries the other identity (0.227 against 0.496); the pairwise test misses that. The
+    #   pixel gate keeps out one face that took another's identity while that other face stayed as it
+    #   was (a duplicate, whose totals can be near a tie).
+    tests = []
     for i, k in itertools.combinations(sorted(at, key=lambda n: before[n].centre[0]), 2):
-        if {i, k} & involved:
-            continue
         j, jk = at[i], at[k]
         own_i, cross_i = _distance(before[i], after[j]), _distance(before[k], after[j])
         own_k, cross_k = _distance(before[k], after[jk]), _distance(before[i], after[jk])
-        if cross_i + margin > own_i or cross_k + margin > own_k:
+        lead = min(own_i - cross_i, own_k - cross_k)
+        total = (own_i - cross_i) + (own_k - cross_k)
+        if lead > margin:
+            test = "pairwise"
+        elif changed is not None and changed[j] and changed[jk] and total > assignment_margin:
+            test = "assignment"
+        else:
+            continue
+        tests.append((total, test, lead, i, k, j, jk, own_i, cross_i, own_k, cross_k))
+    for total, test, lead, i, k, j, jk, own_i, cross_i, own_k, cross_k in sorted(tests, key=lambda t: -t[0]):
+        if {i, k} & involved:
             continue
         involved.update({i, k})
         face, other = the_face(where[j]), the_face(where[jk])
         # when the threshold says so too (each face matches the other person and not its own), the score is
-        # the embedder's; otherwise it is the smaller of the two leads, against the margin
+        # the embedder's; otherwise it is the test's own: the smaller of the two leads against the margin
+        # (pairwise), or the total lead against the assignment margin
         outright = (embedder.same(scores[k][j]) and embedder.same(scores[i][jk])
                     and not embedder.same(scores[i][j]) and not embedder.same(scores[k][jk]))
-        lead = min(own_i - cross_i, own_k - cross_k)
+        if outright:
+            score, threshold, unit = embedder.best([scores[k][j], scores[i][jk]]), None, None
+        elif test == "pairwise":
+            score, threshold = lead, margin
+            unit = f"Euclidean distance to its own person minus to the other person ({embedder.name} embedding, unit length)"
+        else:
+            score, threshold = total, assignment_margin
+            unit = (f"total Euclidean distance of the kept pairing minus the exchanged pairing ({embedder.name} "
+                    "embedding, unit length)")
+        if test == "pairwise":
+            message = (f"{face.capitalize()} and {other} have exchanged identities: {face} now looks more like "
+                       f"{labels[k]} than like {labels[i]} (distance {cross_i:.3f} against {own_i:.3f}) and {other} "
+                       f"more like {labels[i]} than like {labels[k]} ({cross_k:.3f} against {own_k:.3f}).")
+        else:
+            message = (f"{face.capitalize()} and {other} have exchanged identities: both faces changed, and "
+                       f"{labels[k]} and {labels[i]} fit them better exchanged (distances {cross_i:.3f} and "
+                       f"{cross_k:.3f}, together {cross_i + cross_k:.3f}) than where they stood ({own_i:.3f} and "
+                       f"{own_k:.3f}, together {own_i + own_k:.3f}).")
         events.append(SwapEvent(
-            kind="swapped", faces=[after[j], after[jk]],
-            score=embedder.best([scores[k][j], scores[i][jk]]) if outright else lead,
-            threshold=None if outright else margin,
-            unit=None if outright else (f"Euclidean distance to its own person minus to the other person "
-                                        f"({embedder.name} embedding, unit length)"),
-            own_score=scores[i][j],
-            message=(f"{face.capitalize()} and {other} have exchanged identities: {face} now looks more like "
-                     f"{labels[k]} than like {labels[i]} (distance {cross_i:.3f} against {own_i:.3f}) and {other} "
-                     f"more like {labels[i]} than like {labels[k]} ({cross_k:.3f} against {own_k:.3f})."),
-            evidence={"basis": basis, "kind": "swapped", "test": "pairwise", "face_position": where[j] or "only face",
+            kind="swapped", faces=[after[j], after[jk]], score=score, threshold=threshold, unit=unit,
+            own_score=scores[i][j], message=message,
+            evidence={"basis": basis, "kind": "swapped", "test": test, "face_position": where[j] or "only face",
                       "other_face_position": where[jk], "was": labels[i], "now_looks_like": labels[k],
                       "score_vs_own_person": round(scores[i][j], 4), "score_vs_other_person": round(scores[k][j], 4),
                       "other_score_vs_own_person": round(scores[k][jk], 4),
                       "other_score_vs_first_person": round(scores[i][jk], 4),
                       "distances": {"own": [round(own_i, 4), round(own_k, 4)],
                                     "crossed": [round(cross_i, 4), round(cross_k, 4)]},
-                      "margin": margin}))
+                      "margin": margin, "assignment_margin": assignment_margin}))
     for i, k in sorted(carried.items(), key=lambda item: before[item[0]].centre[0]):
         if i in involved:
             continue
@@ -261,6 +305,14 @@ def _positional_events(embedder: FaceEmbedder, labels: list[str], before: list[E
                               "score_between_people_before": round(embedder.score(before[i1].vector,
                                                                                   before[i2].vector), 4)}))
     return events
+
+
+def _changed(ctx: CheckContext, box, params: SwapParams) -> bool | None:
+    """Whether the edit changed the face at ``box``: its inner pixels correlate with the registered
+    source's below ``unchanged_correlation`` (:func:`fixloop.checks.identity.face_correlation`); None
+    without a source of the same framing."""
+    correlation = face_correlation(ctx, box)
+    return None if correlation is None else correlation < params.unchanged_correlation
 
 
 def _distance(a: EmbeddedFace, b: EmbeddedFace) -> float:
