@@ -35,6 +35,15 @@ Rules (each finding names the ones that fired, with the numbers behind them):
   where the picture has none (a ghosted, transparent or missing finger: fewer fingers than the pose
   implies). Silhouette rules are skipped for a hand whose skin does not separate from its
   surroundings (``skin_min_separation``, e.g. a hand on a face or on an arm).
+* ``finger_without_structure`` (pixels). A grey profile across a finger always crosses edges (its two
+  sides, against the background or a neighbour's crease). For each straight, extended finger of the
+  skeleton (index to little), the edge energy of profiles across its two distal bones, over that of the
+  hand's clearest such finger (:func:`finger_structure`); under ``finger_min_structure`` the skeleton draws
+  a finger where the picture has none: a finger removed and filled, or two fingers fused into one paddle
+  with no line between them, which MediaPipe, confident, still draws as two. Judged for palms of
+  ``structure_min_palm_px`` and more (below ``min_palm_px`` too: it needs no silhouette), with at least
+  two such fingers, not for a hand partly behind another, and only for a hand found again on a crop
+  around it (a stray skeleton on a neck or a fold is not).
 * ``extra_hand`` (pose). Every hand near a person must hang from one of that person's wrists, one
   hand per wrist: hands whose wrist lies within ``wrist_reach`` forearm lengths of a visible pose
   wrist, pointing away from the elbow, are matched to the wrists (maximum matching); a hand left over
@@ -108,6 +117,12 @@ POSE_HAND_POINTS = {"left": (15, 17, 21), "right": (16, 18, 22)}
 ARM_SPAN = (0.3, 1.0)  # palm lengths past the wrist where the forearm is sampled
 ARM_WIDTH = 0.5  # palm lengths across the forearm sampled
 TILE_SIDE = 0.6  # share of the image's long side: the four quadrant crops searched for hands no arm holds
+# finger structure: grey profiles across each straight, extended finger's two distal bones (at a quarter, half and
+# three quarters of each), STRUCTURE_SPAN finger widths either side of its axis, lightly blurred (STRUCTURE_BLUR finger
+# widths); a finger width is the mean spacing of neighbouring knuckles
+STRUCTURE_SPAN = 0.6
+STRUCTURE_BLUR = 0.08
+STRUCTURE_SAMPLES = 13  # samples per profile
 
 
 def tile_hands(image: AnalysisImage, known: list[Hand]) -> list[Hand]:
@@ -152,6 +167,10 @@ class HandsParams(CheckParams):
     arm_min_support: float = Field(ge=0, le=1, description="mean person probability past the wrist")
     wrong_side_margin: float = Field(gt=0, description="palm lengths the swapped thumb/little pairing fits better")
     arm_min_knuckle_spread: float = Field(ge=0, description="index to little knuckle, 2-D, in 2-D palm lengths")
+    structure_min_palm_px: float = Field(gt=0, description="px at analysis size; shortest palm whose fingers' "
+                                                           "structure is judged")
+    finger_min_structure: float = Field(ge=0, le=1, description="edge energy across a finger over the hand's "
+                                                                "clearest finger's")
 
 
 # ---- measurements -----------------------------------------------------------------------------
@@ -192,6 +211,7 @@ class HandShape:
     protrusions: list[Protrusion] = field(default_factory=list)
     fingertips: list[Fingertip] = field(default_factory=list)  # silhouette fingertips (prominent peaks)
     finger_support: dict[str, float] = field(default_factory=dict)  # extended fingers: skin share
+    finger_structure: dict[str, float] = field(default_factory=dict)  # extended fingers: edge energy / the clearest's
     silhouette: np.ndarray | None = None  # bool, analysis px, inside ``silhouette_box``
     silhouette_box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 analysis px
     occluded: float = 0.0  # largest share of this hand's box another hand's box covers
@@ -435,6 +455,59 @@ def silhouette_fingertips(silhouette: np.ndarray, own: np.ndarray, others: list[
     return tips
 
 
+def finger_structure(image: AnalysisImage, hand: Hand) -> dict[str, float]:
+    """Edge energy across each straight, extended finger (index to little) of the skeleton, over that of
+    the hand's clearest such finger; empty with fewer than two such fingers.
+
+    A finger has two sides, so a grey profile across it (STRUCTURE_SPAN finger widths either side of
+    its axis) always crosses edges: against the background, against a neighbour (a crease), or both.
+    Where the skeleton puts a straight finger and the profile is flat, the picture has no finger there
+    (removed and filled, or two fingers fused into one paddle with no line between them) although
+    MediaPipe, confident, still draws one. The energy is the summed absolute step along the profile,
+    the median over six profiles on the two distal bones; relative to the hand's own clearest finger,
+    so a soft, dim or smooth picture is not a defect by itself. Fingers whose profiles leave the frame
+    are not judged."""
+    points = hand.landmarks[:, :2].astype(np.float64)
+    palm_2d = float(np.linalg.norm(points[9] - points[0]))
+    width = float(np.mean([np.linalg.norm(points[a] - points[b]) for a, b in ((5, 9), (9, 13), (13, 17))]))
+    if palm_2d < 1.0 or width < 1.0:
+        return {}
+    h, w = image.gray.shape[:2]
+    reach = (STRUCTURE_SPAN + 0.5) * width
+    x0, y0 = (int(max(0, np.floor(v - reach))) for v in points.min(axis=0))
+    x1, y1 = int(min(w, np.ceil(points[:, 0].max() + reach) + 1)), int(min(h, np.ceil(points[:, 1].max() + reach) + 1))
+    if x1 - x0 < 4 or y1 - y0 < 4:
+        return {}
+    grey = cv2.GaussianBlur(image.gray[y0:y1, x0:x1].astype(np.float32), (0, 0), max(0.5, STRUCTURE_BLUR * width))
+    across = np.linspace(-STRUCTURE_SPAN, STRUCTURE_SPAN, STRUCTURE_SAMPLES) * width
+    energy: dict[str, float] = {}
+    for finger in range(1, 5):
+        chain = FINGERS[finger]
+        path = sum(float(np.linalg.norm(points[chain[i + 1]] - points[chain[i]])) for i in range(3))
+        tip_reach = float(np.linalg.norm(points[chain[3]] - points[chain[0]]))
+        if tip_reach < EXTENDED * palm_2d or tip_reach < STRAIGHT * path:
+            continue
+        samples = []
+        for i in (1, 2):  # PIP-DIP and DIP-tip
+            a, b = points[chain[i]], points[chain[i + 1]]
+            along = (b - a) / max(float(np.linalg.norm(b - a)), 1e-6)
+            normal = np.array([-along[1], along[0]])
+            for t in (0.25, 0.5, 0.75):
+                samples.append(a * (1 - t) + b * t + across[:, None] * normal)
+        xy = np.array(samples)  # profiles x samples x 2, image px
+        if (xy[..., 0] < 0).any() or (xy[..., 1] < 0).any() or (xy[..., 0] > w - 1).any() or (xy[..., 1] > h - 1).any():
+            continue
+        xy = (xy - [x0, y0]).astype(np.float32)
+        profiles = cv2.remap(grey, xy[..., 0], xy[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        energy[FINGER_NAMES[finger]] = float(np.median(np.abs(np.diff(profiles, axis=1)).sum(axis=1)))
+    if len(energy) < 2:
+        return {}
+    clearest = max(energy.values())
+    if clearest <= 1e-9:
+        return {}
+    return {name: round(value / clearest, 4) for name, value in energy.items()}
+
+
 def _suspects(shape: HandShape, params: HandsParams) -> list[tuple[float, float, float, float]]:
     """Boxes (analysis px) of the parts that would make a silhouette rule fire."""
     boxes = [p.box for p in shape.protrusions]
@@ -457,6 +530,8 @@ def measure_hands(image: AnalysisImage, hands: list[Hand], params: HandsParams) 
         shape = HandShape(index=i, hand=hand, palm=palm, judged=palm >= params.min_palm_px)
         shape.occluded = max((_overlap_own(hand.box, other.box) for j, other in enumerate(hands) if j != i),
                              default=0.0)
+        if palm >= params.structure_min_palm_px:
+            shape.finger_structure = finger_structure(image, hand)
         if shape.judged:
             gap, pair = closest_fingers(hand)
             shape.bone_gap, shape.bone_gap_fingers = gap, pair
@@ -757,6 +832,8 @@ def _hand_evidence(ctx: CheckContext, shape: HandShape) -> dict:
         evidence["silhouette_fingertips"] = len(shape.fingertips)
     if shape.finger_support:
         evidence["skin_under_fingers"] = {k: round(v, 3) for k, v in shape.finger_support.items()}
+    if shape.finger_structure:
+        evidence["finger_structure"] = {k: round(v, 3) for k, v in shape.finger_structure.items()}
     return evidence
 
 
@@ -770,17 +847,26 @@ def check_hand_malformed(ctx: CheckContext, params: HandsParams):
         raise CheckSkipped("no hand found (MediaPipe Hands, full frame and around the pose wrists)")
     shapes = measure_hands(image, hands, params)
     person = hands_per_person(image, hands, params)
-    if not compared and not any(s.judged for s in shapes) and not (person and person.wrists):
+    if not compared and not any(s.judged or s.finger_structure for s in shapes) and not (person and person.wrists):
         raise CheckSkipped(f"every hand found is too small to judge (palm under {params.min_palm_px:g} px "
                            "at analysis size) and no body pose places them")
     findings = []
 
     for shape in shapes:
-        if not shape.judged:
-            continue
+        if not shape.judged and not shape.finger_structure:
+            continue  # too small for any shape rule
         # Each reason: (how far past its limit, rule, score, threshold, unit, message)
         reasons = []
         hidden = shape.occluded >= params.max_occlusion  # partly behind another hand: fingers guessed
+        flat = {k: v for k, v in shape.finger_structure.items() if v < params.finger_min_structure and not hidden}
+        if flat and confirmed(image, shape.hand):  # a stray skeleton (on a neck, a fold) is not found again
+            name, ratio = min(flat.items(), key=lambda kv: kv[1])
+            reasons.append(((params.finger_min_structure + 0.05) / (ratio + 0.05), "finger_without_structure", ratio,
+                            params.finger_min_structure, "edge energy over the clearest finger's",
+                            f"The {name} finger of this hand is drawn by its skeleton but the picture shows no finger "
+                            f"there: across it the image has {ratio:.0%} of the edges of the hand's clearest finger "
+                            "(a missing finger, or two fingers fused into one)."))
+        # the skeleton and silhouette rules below have measurements only for hands of min_palm_px and more
         if shape.bone_gap is not None and shape.bone_gap < params.bone_gap and not hidden:
             a, b = shape.bone_gap_fingers
             reasons.append((params.bone_gap / max(shape.bone_gap, 1e-3), "fingers_intersect", shape.bone_gap,
