@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-# identity_drift's thresholds are still those calibrated on all photos (its rows are in-sample); subjects_swapped's
-# swap_margin (its pairwise test) was fitted on the fit half only, so its report-half rows are held-out.
+# identity_drift's second signal (geometry_from_distance, geometry_residual: Face Mesh geometry where dlib is unsure)
+# was fitted on the fit half; its dlib_threshold is still the all-photo calibration, so these rows stay in-sample.
+# subjects_swapped's swap_margin and assignment_margin were fitted on the fit half only (SWAP_TUNED_ON below).
 DRIFT_TUNED_ON = None
 # identity_drift's source_min_face_px (faces compared against the source down to 24 px) and its
 # unchanged_correlation (0.86) were fitted on the fit half only: the rows of 30 px faces are held-out on the
@@ -59,6 +60,9 @@ def specs() -> list:
              photos=_faces(1), judge=judge_drift, note=note_alarms, tuned_on=DRIFT_TUNED_ON),
         Spec("identity_drift", "clean: JPEG q80, -0.5/+0.5 EV, 2 % shift", "clean", clean,
              photos=_faces(1), judge=judge_drift, note=note_alarms, tuned_on=DRIFT_TUNED_ON),
+        Spec("identity_drift", "own face mirrored and pasted (same person, other pose), full size / 30 px", "clean",
+             (("face_paste_own_mirrored", 0.0, "case"), ("face_paste_own_mirrored", 1.0, "case")),
+             photos=_faces(1), judge=judge_drift, note=note_alarms, tuned_on=DRIFT_TUNED_ON),
         Spec("identity_drift", "another person's face pasted, face 30 px wide", "defect",
              tuple(("face_paste_other_small", float(k), "case") for k in range(PASTE_DONORS)),
              photos=_faces(1), judge=judge_drift, note=note_misses, tuned_on=SMALL_TUNED_ON),
@@ -77,8 +81,31 @@ def specs() -> list:
     return rows
 
 
+def face_paste_own_mirrored(image, amount: float = 0.0):
+    """The largest face replaced by its own mirror image (the photo flipped left-right, its face aligned
+    on the eyes, nose and mouth, colour-matched and feathered as ``tests.defects.transplant_face``), saved
+    as JPEG q90: the same person in another pose (a turned face now looks the other way), which
+    identity_drift must not report. Amount 1 = the whole picture then scaled to a 30 px face
+    (``tests.face_defects._scaled_small``)."""
+    import numpy as np
+
+    from tests import defects, face_defects
+
+    found = defects.face_keypoints(image)
+    if not found:
+        raise ValueError("no face in the photo")
+    box, points = max(found, key=lambda item: item[0][2] - item[0][0])
+    flipped = np.ascontiguousarray(image[:, ::-1])
+    mirrored = points.copy()
+    mirrored[:, 0] = image.shape[1] - 1 - mirrored[:, 0]
+    mirrored = mirrored[[1, 0, 2, 3]]  # the image's left eye is the mirror's right one
+    case = defects.Case(candidate=defects.jpeg(defects.transplant_face(image, flipped, mirrored, points, box), 90),
+                        source=image)
+    return face_defects._scaled_small(image, case) if int(amount) == 1 else case
+
+
 def builders() -> dict[str, Callable]:
     """More case builders by name: (image, amount) -> tests.defects.Case."""
     from tests.face_defects import BUILDERS
 
-    return dict(BUILDERS)
+    return {**BUILDERS, "face_paste_own_mirrored": face_paste_own_mirrored}

@@ -68,6 +68,21 @@ the fit half of ``bench.accuracy`` the stability changes (+-1 EV, +-30 mired, JP
 background, an edge ring, at full size and with 30 px faces) correlate 0.875 or more.
 The ArcFace threshold (0.30, cosine) is the commonly used value for buffalo_l
 and is not calibrated here: the pack cannot be downloaded on these machines.
+
+The second signal (issue 13): landmark geometry where dlib is unsure. Against the source, a face the edit
+changed (inner-face correlation under ``unchanged_correlation``) whose dlib distance lies between
+``geometry_from_distance`` (0.36) and the threshold is also compared by MediaPipe Face Mesh (468
+landmarks, bundled with mediapipe; :func:`face_mesh`, run on a crop around each face and loaded once per
+process): the RMS distance of its landmarks from the source face's after the least-squares similarity fit,
+in the source's inter-ocular distances (:func:`geometry_residual`). Above ``geometry_residual`` (0.166) the
+face is reported, the residual as the finding's score. Fitted on the fit half of ``bench.accuracy``: other
+people's faces pasted come down to dlib 0.369 and the same person's face pasted from another photo goes up
+to 0.417 (the band where dlib cannot tell); the same person's pasted faces read residuals of 0.105 at most,
+the other people's faces in the band 0.227 and 0.389 (small faces on turned heads). The geometry measures
+pose as much as identity: the source's own face mirrored and pasted (same person, other pose) reads up to
+0.456, so it is read only inside the band, never on its own; and it does not help where the landmarks
+agree (a face pasted over one with sunglasses, 0.06). Only with the dlib embedder (the band is in its
+distance).
 """
 
 from __future__ import annotations
@@ -123,6 +138,12 @@ class EmbedderParams(CheckParams):
 class IdentityParams(EmbedderParams):
     source_min_face_px: float | None = Field(default=None, gt=0, description=(
         "px; against the source (no references), narrower faces are not compared; None = min_face_px"))
+    geometry_from_distance: float | None = Field(default=None, gt=0, lt=2, description=(
+        "dlib distance from which (up to dlib_threshold) a changed face's landmark geometry is compared with "
+        "the source's (the second signal); None = never"))
+    geometry_residual: float = Field(default=1.0, gt=0, description=(
+        "RMS landmark residual after a similarity fit, in inter-ocular distances, above which the face's "
+        "geometry no longer fits the source's face"))
     mask_grow_side: float = Field(ge=0, description="share of the face box width added left and right (ears)")
     mask_grow_top: float = Field(ge=0, description="share of the face box height added above (hairline)")
     mask_grow_bottom: float = Field(ge=0, description="share of the face box height added below (chin)")
@@ -617,6 +638,7 @@ class FaceComparison:
     same: bool
     paired_by: str  # "position" or "identity"
     shift: float | None  # how far the face moved (share of the image side), when paired by position
+    source_box: np.ndarray | None = None  # the source face's box in the candidate's frame (source basis)
 
 
 @dataclass(frozen=True)
@@ -716,7 +738,7 @@ def _compare(embedder: FaceEmbedder, identity: Identity, face: EmbeddedFace, nam
              shift: float | None) -> FaceComparison:
     score = identity.score(embedder, face.vector)
     return FaceComparison(identity=identity.label, face=face, name=name, score=score, same=embedder.same(score),
-                          paired_by=how, shift=shift)
+                          paired_by=how, shift=shift, source_box=identity.box)
 
 
 # ---- faces the edit left alone --------------------------------------------------------------------
@@ -782,6 +804,76 @@ def every_face_kept(ctx: CheckContext, params: EmbedderParams, min_face_px: floa
     return all(kept_from_source(ctx, box, params) for box in [*source_boxes, *candidate_boxes])
 
 
+# ---- the second signal: landmark geometry ---------------------------------------------------------
+
+# MediaPipe Face Mesh (468 landmarks, bundled with mediapipe 0.10.21) run on a square crop around a
+# face box (MESH_CONTEXT box sizes wide, resampled to MESH_PX px): faces of 24 px and more are meshed.
+MESH_CONTEXT = 2.0
+MESH_PX = 256
+MESH_EYES = (33, 263)  # outer eye corners: the inter-ocular distance that normalises the residual
+_MESH_LOCK = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _face_mesh_model():
+    import mediapipe as mp
+
+    return mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False,
+                                           min_detection_confidence=0.3)
+
+
+def face_mesh(image: AnalysisImage, box: Sequence[float]) -> np.ndarray | None:
+    """468 x 2 Face Mesh landmarks (analysis px) of the face in a crop around ``box``; None when the
+    mesh finds no face there. Computed once per image and box."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+
+    def compute() -> np.ndarray | None:
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        side = MESH_CONTEXT * max(x1 - x0, y1 - y0, 1.0)
+        scale = MESH_PX / side
+        left, top = cx - side / 2, cy - side / 2
+        matrix = np.float32([[scale, 0, -scale * left], [0, scale, -scale * top]])
+        crop = cv2.warpAffine(np.ascontiguousarray(image.uint8[..., :3]), matrix, (MESH_PX, MESH_PX),
+                              flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC,
+                              borderMode=cv2.BORDER_REPLICATE)
+        with _MESH_LOCK:
+            result = _face_mesh_model().process(crop)
+            if not result.multi_face_landmarks:
+                return None
+            points = np.array([[p.x, p.y] for p in result.multi_face_landmarks[0].landmark], dtype=np.float64)
+        return points * MESH_PX / scale + np.array([left, top])
+
+    return image.shared(f"face_mesh:{x0:.1f},{y0:.1f},{x1:.1f},{y1:.1f}", compute)
+
+
+def geometry_residual(source: np.ndarray, candidate: np.ndarray) -> float:
+    """RMS distance of the candidate's landmarks from the source's after the least-squares similarity
+    fit (rotation, scale, shift) of the first onto the second, in the source's inter-ocular distances."""
+    matrix = similarity_matrix(candidate, source)
+    fitted = candidate @ matrix[:, :2].T + matrix[:, 2]
+    eyes = float(np.linalg.norm(source[MESH_EYES[0]] - source[MESH_EYES[1]]))
+    return float(np.sqrt(((fitted - source) ** 2).sum(axis=1).mean()) / max(eyes, 1e-6))
+
+
+def geometry_check(ctx: CheckContext, comparison: FaceComparison, embedder: FaceEmbedder,
+                   params: IdentityParams) -> float | None:
+    """The second signal, against the source, for a face whose dlib distance lies between
+    ``geometry_from_distance`` and the threshold (an embedding that is not sure) and whose pixels the
+    edit changed: the residual of its Face Mesh landmarks against the source face's (the registered
+    source, so both are in the candidate's frame). None where it does not apply or a mesh is missing."""
+    if (params.geometry_from_distance is None or embedder.name != "dlib" or comparison.source_box is None
+            or not (params.geometry_from_distance <= comparison.score <= embedder.threshold)):
+        return None
+    correlation = face_correlation(ctx, comparison.face.box)
+    if correlation is None or correlation >= params.unchanged_correlation:
+        return None  # the source's own face, or no source of the same framing: nothing to compare
+    source = face_mesh(ctx.registered_source, comparison.source_box)
+    candidate = face_mesh(ctx.candidate, comparison.face.box)
+    if source is None or candidate is None:
+        return None
+    return geometry_residual(source, candidate)
+
+
 # ---- regions and repair masks --------------------------------------------------------------------
 
 
@@ -814,10 +906,15 @@ def check_identity_drift(ctx: CheckContext, params: IdentityParams):
     measurement = measure_identity(ctx, embedder, params)
     findings = []
     for comparison in measurement.comparisons:
+        residual = None
         if comparison.same:
-            continue
+            if measurement.basis != "source":
+                continue
+            residual = geometry_check(ctx, comparison, embedder, params)
+            if residual is None or residual <= params.geometry_residual:
+                continue
         face = comparison.face
-        if measurement.basis == "source" and kept_from_source(ctx, face.box, params):
+        if residual is None and measurement.basis == "source" and kept_from_source(ctx, face.box, params):
             continue  # the source's own face, re-lit or re-encoded: an embedding at its noise floor, not drift
         mask = face_repair_mask(ctx.size, face.box, params.mask_grow_side, params.mask_grow_top,
                                 params.mask_grow_bottom)
@@ -838,10 +935,22 @@ def check_identity_drift(ctx: CheckContext, params: IdentityParams):
             evidence["unpaired"] = measurement.unpaired
         if measurement.small_faces:
             evidence["faces_too_small"] = measurement.small_faces
+        if residual is None:
+            score, threshold, unit = comparison.score, embedder.threshold, embedder.unit
+            message = (f"{the_face(comparison.name).capitalize()} no longer looks like {comparison.identity} "
+                       f"({embedder.describe(comparison.score)}): repair the whole face with an identity reference.")
+        else:
+            evidence["second_signal"] = "face_mesh_geometry"
+            evidence["geometry_residual"] = round(residual, 4)
+            score, threshold = residual, params.geometry_residual
+            unit = "RMS Face Mesh landmark residual after a similarity fit, in inter-ocular distances"
+            message = (f"{the_face(comparison.name).capitalize()} may no longer be {comparison.identity}: its "
+                       f"{embedder.name} distance is near the limit ({comparison.score:.3f}, limit "
+                       f"{embedder.threshold:g}) and its landmark geometry no longer fits the source's face "
+                       f"(residual {residual:.3f} > {params.geometry_residual:g} inter-ocular distances): repair "
+                       "the whole face with an identity reference.")
         findings.append(make_finding(
-            "identity_drift", params, score=comparison.score, threshold=embedder.threshold, unit=embedder.unit,
-            message=(f"{the_face(comparison.name).capitalize()} no longer looks like {comparison.identity} "
-                     f"({embedder.describe(comparison.score)}): repair the whole face with an identity reference."),
+            "identity_drift", params, score=score, threshold=threshold, unit=unit, message=message,
             region=ctx.box_region(face.box), evidence=evidence, mask=ctx.candidate_mask(mask),
         ))
     return findings
