@@ -77,6 +77,9 @@ def specs() -> list:
              photos=_faces(2), judge=judge_swap, note=note_misses, tuned_on=SWAP_TUNED_ON),
         Spec("subjects_swapped", "clean: JPEG q80, -0.5/+0.5 EV, 2 % shift", "clean", clean,
              photos=_faces(2), judge=judge_any_kind, note=note_alarms, tuned_on=SWAP_TUNED_ON),
+        Spec("subjects_swapped", "two faces replaced by two other people (not an exchange)", "clean",
+             tuple(("face_paste_two_others", float(k), "case") for k in range(3)),
+             photos=_faces(2), judge=judge_swap, note=note_alarms, tuned_on=SWAP_TUNED_ON),
     ]
     return rows
 
@@ -104,8 +107,29 @@ def face_paste_own_mirrored(image, amount: float = 0.0):
     return face_defects._scaled_small(image, case) if int(amount) == 1 else case
 
 
+def face_paste_two_others(image, amount: float = 0.0):
+    """The k-th pair of faces (``tests.face_defects.face_pairs``) replaced by two other people (the photo's
+    first two donors of ``face_paste_other``, one on each face), saved as JPEG q90: two identities
+    drifted, nobody exchanged, so subjects_swapped must not say "swapped"."""
+    from tests import defects, face_defects
+
+    name = face_defects.photo_name(image)
+    found = defects.face_keypoints(image)
+    pairs = face_defects.face_pairs(image)
+    donors = face_defects.donors_other(name)
+    k = int(amount)
+    if k >= len(pairs) or len(donors) < 2:
+        raise ValueError(f"photo has {len(pairs)} pairs of faces wide enough to compare and {len(donors)} donors")
+    out = image
+    for index, donor in zip(pairs[k], donors[:2]):
+        (_, donor_points), = face_defects._faces(donor)
+        out = defects.transplant_face(out, face_defects._decoded(donor), donor_points, found[index][1], found[index][0])
+    return defects.Case(candidate=defects.jpeg(out, 90), source=image)
+
+
 def builders() -> dict[str, Callable]:
     """More case builders by name: (image, amount) -> tests.defects.Case."""
     from tests.face_defects import BUILDERS
 
-    return {**BUILDERS, "face_paste_own_mirrored": face_paste_own_mirrored}
+    return {**BUILDERS, "face_paste_own_mirrored": face_paste_own_mirrored,
+            "face_paste_two_others": face_paste_two_others}
