@@ -4,7 +4,9 @@ Every model here is one of MediaPipe 0.10.21's bundled models (the wheel carries
 nothing is downloaded). Each model is loaded once per process, on first use, and run by one thread
 at a time (a MediaPipe solution graph is not re-entrant: each has its own lock, and its results are
 copied out before the lock is released), so checks running in several threads of one process give
-the reports they give one at a time. Each result is cached on the :class:`AnalysisImage` (and in the
+the reports they give one at a time. A candidate that is its source only re-lit, re-coloured or
+re-encoded (same frame, :mod:`fixloop.checks.content`) is not analysed: its people are the source's
+(:func:`content_of`). Each result is cached on the :class:`AnalysisImage` (and in the
 process's analysis store, by the image's pixels), so the checks that need the same analysis (crop,
 hands, identity) share one inference, and a source checked again is not analysed again. Hands found
 on a crop are remembered by the crop's pixels: a hand the edit left alone is looked at once.
@@ -128,8 +130,16 @@ def _read_hands(result, w: int, h: int, k: float = 1.0, x0: float = 0.0, y0: flo
     return found
 
 
+def content_of(image: AnalysisImage) -> AnalysisImage:
+    """The image whose pixels the analyses of ``image`` are computed on: its source when the candidate
+    shows the source's content unchanged (re-lit, re-coloured or re-encoded, same frame:
+    :mod:`fixloop.checks.content`), else ``image`` itself."""
+    return image.same_content_as or image
+
+
 def pose(image: AnalysisImage) -> Pose | None:
     """Body landmarks and person mask of the most prominent person, or None when nobody is found."""
+    image = content_of(image)
 
     def compute() -> Pose | None:
         h, w = image.uint8.shape[:2]
@@ -149,6 +159,7 @@ def pose(image: AnalysisImage) -> Pose | None:
 
 def faces(image: AnalysisImage) -> list[Face]:
     """Face boxes and keypoints, most confident first."""
+    image = content_of(image)
 
     def compute() -> list[Face]:
         h, w = image.uint8.shape[:2]
@@ -171,6 +182,7 @@ def faces(image: AnalysisImage) -> list[Face]:
 
 def hands(image: AnalysisImage) -> list[Hand]:
     """Hand landmarks found on the whole frame."""
+    image = content_of(image)
 
     def compute() -> list[Hand]:
         h, w = image.uint8.shape[:2]
@@ -181,6 +193,7 @@ def hands(image: AnalysisImage) -> list[Hand]:
 
 def person_mask(image: AnalysisImage) -> np.ndarray:
     """Probability that each pixel belongs to a person (MediaPipe selfie segmentation), H x W float32."""
+    image = content_of(image)
 
     def compute() -> np.ndarray:
         return _SEGMENTATION_GRAPH.run(image.uint8, lambda result: result.segmentation_mask.astype(np.float32))
@@ -251,6 +264,7 @@ def hands_with_wrist_crops(image: AnalysisImage) -> list[Hand]:
     (MediaPipe Hands misses small hands in wide shots, and sees two hands side by side as one; at
     crop scale it finds them). Full-frame hands come first, in their order; a crop's hand that is
     one already found is dropped."""
+    image = content_of(image)
 
     def compute() -> list[Hand]:
         found = list(hands(image))
@@ -280,6 +294,7 @@ def hands_with_wrist_crops(image: AnalysisImage) -> list[Hand]:
 def hands_in_region(image: AnalysisImage, box) -> list[Hand]:
     """Hands found on a square crop around ``box`` (x0, y0, x1, y1; twice its long side): a targeted
     second look, e.g. for a hand one image has and the other seems to lack."""
+    image = content_of(image)
     x0, y0, x1, y1 = (float(v) for v in box)
     key = f"hands_in_region:{round(x0)}:{round(y0)}:{round(x1)}:{round(y1)}"
     side = 2.0 * max(x1 - x0, y1 - y0)

@@ -198,6 +198,9 @@ class AnalysisImage:
         self._analyses: dict[str, Any] = {}
         self._pending: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        # The image whose content this one shows unchanged (its source, only re-lit, re-coloured or
+        # re-encoded: :mod:`fixloop.checks.content`): the analyses of people are read from that image.
+        self.same_content_as: "AnalysisImage | None" = None
 
     @cached_property
     def digest(self) -> str:
@@ -319,6 +322,17 @@ class CheckContext:
         """The source in the candidate's frame, for pixel comparisons: ``source`` itself when the
         picture did not move (or without a source)."""
         return None if self.source is None else self.registration.source
+
+    def link_same_content(self) -> bool:
+        """When the candidate is its source only re-lit, re-coloured or re-encoded, in the same frame
+        (:func:`fixloop.checks.content.same_content`), let the candidate's analyses of people be the
+        source's (``candidate.same_content_as``); True when linked."""
+        from fixloop.checks.content import same_content
+
+        if self.source is None or not same_content(self):
+            return False
+        self.candidate.same_content_as = self.source
+        return True
 
     def shared(self, key: str, compute: Callable[[], Any]) -> Any:
         """Compute ``key`` once per context and hand the same result to every check that asks (checks

@@ -67,7 +67,9 @@ source's landmarks and faces, measured on the whole person, are mapped into the 
 judged there as well: this is the clearest case, a person whole in the source and cut in the
 candidate, and it holds even when the cut person is no longer found in the candidate at all. The
 source is also judged in its own frame: a part cut in the candidate that was whole in the source is
-named (``whole_in_source``). A mirrored result (found by the registration,
+named (``whole_in_source``). When the registration already found the candidate in the source's
+frame without fitting a move (an exposure, colour or local edit), the re-framing is the identity and
+no features are matched. A mirrored result (found by the registration,
 :mod:`fixloop.checks.registration`) is compared with the source mirrored, so a framing the source had
 is recognised on the other side. A part already cut in the source is not the edit's doing: when the
 candidate keeps the source's frame (no re-framing, or one within ``SAME_FRAME_SCALE`` /
@@ -365,10 +367,7 @@ def measure_people(people: People, params: CropParams) -> PersonParts:
             extent = points_box(np.vstack([points[:, :2], tip[None]]), 0.15 * max(float(np.linalg.norm(tip - wrist)), 1.0))
             seen = any(_inside(p[:2], size) and p[3] >= vis for p in points)
             _judge(parts, who, name, extent, extent, params.hand_outside, seen, margin, by, hand_edges)
-        labels = None
-        if people.segmentation is not None:  # mask components: only the person's own legs count at the edge
-            labels = cv2.connectedComponents(people.segmentation.astype(np.uint8), connectivity=8)[1]
-            bottom_labels = labels[-max(1, h // 200):].max(axis=0)
+        labels, bottom_labels = None, None  # mask components, labelled when a foot first needs them
         for name, idx in FOOT_POINTS.items():
             knee = marks[KNEE[name]]
             if not (_inside(knee[:2], size) and knee[3] >= params.knee_visibility
@@ -380,8 +379,11 @@ def measure_people(people: People, params: CropParams) -> PersonParts:
             if _judge(parts, who, name, extent, extent, params.foot_outside, True, margin, by):
                 continue
             # the pose may have pulled the foot inside: the leg's mask running into the bottom edge decides
-            if labels is None or knee[3] < params.mask_knee_visibility:
+            if people.segmentation is None or knee[3] < params.mask_knee_visibility:
                 continue
+            if labels is None:  # only the person's own legs count at the edge
+                labels = cv2.connectedComponents(people.segmentation.astype(np.uint8), connectivity=8)[1]
+                bottom_labels = labels[-max(1, h // 200):].max(axis=0)
             body = _component_at(labels, marks[[KNEE[name], HIPS[0], HIPS[1]], :2], 0.1 * head)
             xs = np.r_[knee[0], points[:, 0]]
             leg_at_edge = body > 0 and _runs_under(bottom_labels == body, xs.min() - 0.5 * head, xs.max() + 0.5 * head)
@@ -543,7 +545,10 @@ def measure_crop(ctx: CheckContext, params: CropParams) -> CropMeasure:
     if source is not None:
         source_people = people_in(source)
         source_parts = measure_people(source_people, params)
-        matrix = ctx.shared("subject_cropped:reframing", lambda: reframing(source, ctx.candidate))
+        if _frame_unmoved(ctx, source):
+            matrix = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        else:
+            matrix = ctx.shared("subject_cropped:reframing", lambda: reframing(source, ctx.candidate))
         reframed = matrix is not None
         if matrix is not None and (source_people.landmarks is not None or source_people.faces):
             mapped = measure_people(mapped_people(source_people, matrix, ctx.size), params)
@@ -569,6 +574,13 @@ def measure_crop(ctx: CheckContext, params: CropParams) -> CropMeasure:
     whole = [c for c in cuts.values() if source_parts is not None and (c.person, c.part) in source_parts.whole]
     return CropMeasure(cuts=list(cuts.values()), inherited=inherited, whole_in_source=whole, people=people,
                        reframed=reframed, mask_at_edge=mask_at_edge)
+
+
+def _frame_unmoved(ctx: CheckContext, source: AnalysisImage) -> bool:
+    """True when the registration already found the candidate in the source's frame without fitting a
+    move (:attr:`Registration.matched_unmoved`): no re-framing could explain the pixels better, and
+    ORB matching is not needed."""
+    return source is ctx.source and ctx.aligned and ctx.registration.matched_unmoved
 
 
 def _same_frame(matrix: np.ndarray, size: tuple[int, int]) -> bool:

@@ -75,6 +75,7 @@ def run_checks(
     started = time.perf_counter() if started is None else started
     specs = [REGISTRY.get(name) for name in names] if names else list(REGISTRY)
     specs = [spec for spec in specs if names or policy.params(spec.name).enabled]
+    _link_same_content(ctx)
     threads = min(check_threads(), len(specs))
     if threads > 1:
         # longest first, so the long model checks overlap each other and the short ones fill in
@@ -96,6 +97,19 @@ def run_checks(
         policy=policy.name,
         seconds=round(time.perf_counter() - started, 4),
     )
+
+
+def _link_same_content(ctx: CheckContext) -> None:
+    """A candidate that is its source only re-lit, re-coloured or re-encoded, in the same frame, takes
+    the source's analyses of people (pose, faces, hands) instead of running the models on it again
+    (:meth:`CheckContext.link_same_content`). A registration that fails here leaves them unlinked; the
+    checks that need it report the failure themselves."""
+    if ctx.source is None or not ctx.aligned or ctx.candidate.same_content_as is not None:
+        return
+    try:
+        ctx.link_same_content()
+    except Exception:  # noqa: BLE001 - reported by the checks that use the registration
+        pass
 
 
 def _run_one(ctx: CheckContext, spec, policy: Policy) -> tuple[CheckRun, list[Finding]]:

@@ -92,6 +92,7 @@ from pydantic import Field
 from fixloop.checks import analyses
 from fixloop.checks.analyses import Hand, box_iou, same_hand
 from fixloop.checks.base import CheckParams, CheckSkipped, Priority, Region, make_finding, register_check
+from fixloop.checks.content import changed_region
 from fixloop.checks.context import AnalysisImage, CheckContext
 from fixloop.checks.geometry import disc, pixel_box, resize_mask
 from fixloop.checks.identity import map_box, map_points, source_to_candidate
@@ -125,15 +126,21 @@ STRUCTURE_BLUR = 0.08
 STRUCTURE_SAMPLES = 13  # samples per profile
 
 
-def tile_hands(image: AnalysisImage, known: list[Hand]) -> list[Hand]:
+def tile_hands(image: AnalysisImage, known: list[Hand], changed: np.ndarray | None = None) -> list[Hand]:
     """Hands found on four overlapping quadrant crops that are none of ``known``: a hand pasted into
-    the background is often missed at full frame and lies at no pose wrist."""
+    the background is often missed at full frame and lies at no pose wrist. With ``changed`` (where
+    the edit changed the content, :func:`fixloop.checks.content.changed_region`), only the crops that
+    meet a change are searched: a hand in content the edit left alone is the source's."""
     w, h = image.size
     side = TILE_SIDE * max(w, h)
     found: list[Hand] = []
     for fx in (0.25, 0.75):
         for fy in (0.25, 0.75):
             cx, cy = fx * w, fy * h
+            if changed is not None:
+                x0, y0 = max(0, int(cx - side / 2)), max(0, int(cy - side / 2))
+                if not changed[y0:int(np.ceil(cy + side / 2)), x0:int(np.ceil(cx + side / 2))].any():
+                    continue
             box = (cx - side / 4, cy - side / 4, cx + side / 4, cy + side / 4)  # hands_in_region doubles it
             for hand in analyses.hands_in_region(image, box):
                 if not any(same_hand(hand, other) for other in [*known, *found]):
@@ -916,7 +923,7 @@ def check_hand_malformed(ctx: CheckContext, params: HandsParams):
 
     # Hands no arm holds, hands on the wrong arm (every person's segmentation; the pose person's wrists).
     # Hands only the quadrant crops find are judged for their arm alone.
-    loose = tile_hands(image, hands)
+    loose = tile_hands(image, hands, changed_region(ctx) if compared else None)
     for i, hand in enumerate([*hands, *loose]):
         palm = palm_length(hand)
         if palm < params.arm_min_palm_px:

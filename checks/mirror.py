@@ -15,7 +15,9 @@ good (``min_match``). ZNCC ignores gain and offset, so an exposure shift does no
 pixels inside the edit mask (and their mirror image) are left out, so an edit in the allowed
 region neither hides a flip nor fakes one. A left-right symmetric picture matches its own mirror
 image as well as itself: the margin stays near zero and nothing is reported, since a flip of such
-a picture cannot be told from the original (and hardly matters).
+a picture cannot be told from the original (and hardly matters). When the registration already
+matched the source as it is within ``MIN_GAIN`` of a perfect correlation (outside the mask), no flip
+can beat that and the thumbnails are not compared.
 """
 
 from __future__ import annotations
@@ -151,6 +153,8 @@ def measure_thumbnails(ctx: CheckContext, side: int) -> MirrorMatch:
 @register_check("mirrored", MirrorParams, requires=("source",))
 def check_mirrored(ctx: CheckContext, params: MirrorParams):
     """The candidate matches the source flipped left-right better than the source itself."""
+    if ctx.registration.matched_unmoved:
+        return []  # the source as it is already matches within MIN_GAIN of perfect: nothing is mirrored
     match = measure_thumbnails(ctx, params.analysis_side)
     evidence = {
         "direct_correlation": round(match.direct, 4),

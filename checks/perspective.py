@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 from pydantic import Field
 
+from fixloop.checks.analyses import content_of
 from fixloop.checks.base import CheckParams, CheckSkipped, Priority, make_finding, register_check
 from fixloop.checks.context import AnalysisImage, CheckContext
 from fixloop.checks.geometry import shrink
@@ -163,7 +164,10 @@ def find_lines(gray: np.ndarray, side: int, min_segment: float) -> Lines:
 
 
 def image_lines(image: AnalysisImage, side: int, min_segment: float) -> Lines:
-    """:func:`find_lines` of an analysis image, computed once per image and setting."""
+    """:func:`find_lines` of an analysis image, computed once per image and setting; a candidate that
+    shows its source's content unchanged (re-lit, re-coloured or re-encoded, same frame:
+    :mod:`fixloop.checks.content`) has the source's lines."""
+    image = content_of(image)
     return image.shared(f"lines:{side}:{min_segment}", lambda: find_lines(image.gray, side, min_segment))
 
 

@@ -84,6 +84,13 @@ class Registration:
         return not self.flipped and not self.moved
 
     @property
+    def matched_unmoved(self) -> bool:
+        """True when the source as it is already matched the candidate within ``MIN_GAIN`` of a perfect
+        correlation (outside the edit mask), so no move or flip was fitted: the frame is the source's,
+        neither re-framed nor mirrored."""
+        return self.identity and self.correlation_unmoved + MIN_GAIN > 1.0 + CORRELATION_SLACK
+
+    @property
     def rotation(self) -> float:
         """°, counter-clockwise, of the source as it appears in the candidate."""
         a = self.to_source[:, :2]
