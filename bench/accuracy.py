@@ -260,17 +260,18 @@ def build_specs() -> list[Spec]:
     for kind in MEASUREMENT_CHECKS:
         specs.append(Spec(kind, "honest re-encode (q85, 90 %, centre mask)", "clean",
                           (("clean_reencode", 0.0, "centre0.3"),), readme=reencode_readme.get(kind, "0/55"),
-                          note=note_alarms))
+                          tuned_on=None if kind == "mask_spill" else "fit", note=note_alarms))
 
     # exposure_drift and color_temperature_drift (tests/test_light.py).
     for ev in (-0.5, 0.4, 0.6):
         specs.append(Spec("exposure_drift", f"exposure {ev:+.1f} EV", "defect", (("exposure", ev, "case"),),
                           readme="reads -0.50 ± 0.01 EV (tests' 8)" if ev < 0 else "found; reads lower (clipping)",
-                          judge=judge_exposure, note=note_reading("EV", ev, 0.01, LIGHT_SAMPLE)))
+                          judge=judge_exposure, tuned_on="fit", note=note_reading("EV", ev, 0.01, LIGHT_SAMPLE)))
     for mired in (-25.0, 25.0):
         specs.append(Spec("color_temperature_drift", f"white balance {mired:+.0f} mired", "defect",
                           (("white_balance", mired, "case"),), readme="within 3 mired on 7/8 (tests' 8)",
-                          judge=judge_white_balance, note=note_reading("mired", mired, 3.0, LIGHT_SAMPLE)))
+                          judge=judge_white_balance, tuned_on="fit",
+                          note=note_reading("mired", mired, 3.0, LIGHT_SAMPLE)))
 
     # mask_spill (tests/test_spill.py).
     specs.append(Spec("mask_spill", "spill band 15% width", "defect", (("edit_spills_outside_mask", 0.15, "case"),),
@@ -286,43 +287,52 @@ def build_specs() -> list[Spec]:
     # texture_blur (tests/test_blur.py).
     for sigma in (1.5, 2.0):
         specs.append(Spec("texture_blur", f"gaussian blur σ {sigma:g}", "defect", (("blur", sigma, "case"),),
-                          readme="55/55", note=note_misses))
+                          readme="55/55", tuned_on="fit", note=note_misses))
+    # The region row stays in-sample: on the fit half min_region_fraction (0.02, all photos) costs it a quarter
+    # whose soft tiles cover 1.1 % (found at <= 0.011); the fit half's clean rows bound that value on no side.
     specs.append(Spec("texture_blur", "σ 2 blur of a quarter, as a region", "defect", (("blur_region", 2.0, "case"),),
                       readme="54/55", judge=judge_blur_region, note=note_blur_region))
     for builder, amount, label in (("upscale", 2.0, "2x upscale of a smaller source"),
                                    ("exposure", -1.0, "exposure -1.0 EV"),
                                    ("white_balance", 40.0, "white balance +40 mired")):
         specs.append(Spec("texture_blur", label, "clean", ((builder, amount, "case"),), readme="0/55",
-                          note=note_alarms))
+                          tuned_on="fit", note=note_alarms))
 
     # mirrored (tests/test_mirror.py): flips, also edited or re-exposed; 13 kinds of other edits.
     for builder, amount, label, readme in (("flip", 0.0, "mirror", "55/55"),
                                            ("flip_and_edit", 0.0, "mirror + edit in the mask", "55/55"),
                                            ("flip_and_exposure", -1.0, "mirror + exposure -1.0 EV", "55/55"),
                                            ("flip_and_exposure", 0.7, "mirror + exposure +0.7 EV", "55/55")):
-        specs.append(Spec("mirrored", label, "defect", ((builder, amount, "case"),), readme=readme, note=note_misses))
+        specs.append(Spec("mirrored", label, "defect", ((builder, amount, "case"),), readme=readme, tuned_on="fit",
+                          note=note_misses))
     non_mirroring = (("clean_reencode", 0.0), ("exposure", -0.5), ("white_balance", 25.0), ("blur", 2.0),
                      ("blur_region", 2.0), ("rotate", 4.0), ("tilt_horizon", 3.0), ("lean_verticals", -3.0),
                      ("upscale", 2.0), ("downscale", 0.5), ("edit_inside_mask", 0.0),
                      ("edit_inside_mask_resized", 1.024), ("edit_spills_outside_mask", 0.15))
     specs.append(Spec("mirrored", f"{len(non_mirroring)} kinds of non-mirroring edits", "clean",
-                      tuple((b, a, "case") for b, a in non_mirroring), readme="0 (13 kinds x 55)", note=note_alarms))
+                      tuple((b, a, "case") for b, a in non_mirroring), readme="0 (13 kinds x 55)", tuned_on="fit",
+                      note=note_alarms))
 
     # perspective_broken (tests/test_perspective.py); its clean re-encodes are in the re-encode rows.
     for degrees, readme in ((2.0, "55/55"), (-2.0, "54/55")):
         specs.append(Spec("perspective_broken", f"rotation {degrees:+g}°", "defect", (("rotate", degrees, "case"),),
-                          readme=readme, judge=judge_rotation, note=note_placed("whole-image rotation within 0.4°")))
+                          readme=readme, judge=judge_rotation, tuned_on="fit",
+                          note=note_placed("whole-image rotation within 0.4°")))
 
-    # edge_halo (tests/test_halo.py): a 3-px bright ring in each mode; clean inputs in each mode.
+    # edge_halo (tests/test_halo.py): a 3-px bright ring in each mode; clean inputs in each mode. The ring rows
+    # with a mask and alone stay in-sample: on the fit half growth_threshold (12 L*) and edge_min_length (0.7),
+    # set on all photos, cost them rings found at <= 5.5 L* and <= 0.56 diagonals, values no clean row bounds.
     for builder, label, readme in (("halo_ring_cutout", "bright ring, cut-out (alpha)", "55/55"),
                                    ("halo_ring_mask", "bright ring, edit mask + source", "50/55"),
                                    ("halo_ring_single", "bright ring, single image", "18/55")):
-        specs.append(Spec("edge_halo", label, "defect", ((builder, 0.8, "case"),), readme=readme, note=note_misses))
+        specs.append(Spec("edge_halo", label, "defect", ((builder, 0.8, "case"),), readme=readme,
+                          tuned_on="fit" if builder == "halo_ring_cutout" else None, note=note_misses))
     for builder, amount, inputs, label in (("untouched", 0.0, "alone", "clean photo, single image"),
                                            ("clean_reencode", 0.0, "alone", "re-encode, single image"),
                                            ("tight_cutout", 0.0, "case", "clean cut-out (tight matte)"),
                                            ("halo_ring_mask", 0.0, "case", "clean edit mask + source, no ring")):
-        specs.append(Spec("edge_halo", label, "clean", ((builder, amount, inputs),), readme="0/55", note=note_alarms))
+        specs.append(Spec("edge_halo", label, "clean", ((builder, amount, inputs),), readme="0/55", tuned_on="fit",
+                          note=note_alarms))
 
     # identity_drift (tests/test_identity.py): every labelled pair of single-face portraits.
     portrait = lambda name, row: row["category"] == "face"  # noqa: E731
@@ -337,12 +347,14 @@ def build_specs() -> list[Spec]:
     for defect, amount, _edge, _least in CUTS:
         label = defect.removeprefix("crop_").replace("_", " ")
         specs.append(Spec("subject_cropped", f"crop {label}, with source", "defect", ((defect, amount, "case"),),
-                          readme=readme_crop[defect], photos=whole_body, judge=judge_crop, note=note_misses))
+                          readme=readme_crop[defect], photos=whole_body, judge=judge_crop, tuned_on="fit",
+                          note=note_misses))
         specs.append(Spec("subject_cropped", f"crop {label}, no source", "defect", ((defect, amount, "alone"),),
                           readme="4-5 of 6" if defect == "crop_through_hand" else "4-5/7", photos=whole_body,
-                          judge=judge_crop, note=note_misses))
+                          judge=judge_crop, tuned_on="fit", note=note_misses))
     specs.append(Spec("subject_cropped", "photos labelled uncropped, no source", "clean", (("untouched", 0.0, "alone"),),
-                      readme="0/8", photos=lambda name, row: row["cropped_at_border"] == "none", note=note_alarms))
+                      readme="0/8", photos=lambda name, row: row["cropped_at_border"] == "none", tuned_on="fit",
+                      note=note_alarms))
 
     # Rows of their own modules: hands (bench/accuracy_hands.py) and faces (bench/accuracy_faces.py).
     from bench import accuracy_faces, accuracy_hands
