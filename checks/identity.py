@@ -474,17 +474,27 @@ def _short_range_detector():
     return mp.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=0.5)
 
 
+def square_crop(image: AnalysisImage, box: Sequence[float], context: float, px: int,
+                enlarge: int) -> tuple[np.ndarray, float, float, float]:
+    """A ``px`` x ``px`` RGB crop centred on ``box`` (analysis px), ``context`` times its long side
+    wide (edges replicated past the frame); with its scale and the analysis px of its top-left corner.
+    Shrunk by area averaging, enlarged with ``enlarge`` (an OpenCV interpolation)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    side = context * max(x1 - x0, y1 - y0, 1.0)
+    scale = px / side
+    left, top = (x0 + x1) / 2 - side / 2, (y0 + y1) / 2 - side / 2
+    matrix = np.float32([[scale, 0, -scale * left], [0, scale, -scale * top]])
+    crop = cv2.warpAffine(np.ascontiguousarray(image.uint8[..., :3]), matrix, (px, px),
+                          flags=cv2.INTER_AREA if scale < 1 else enlarge, borderMode=cv2.BORDER_REPLICATE)
+    return crop, scale, left, top
+
+
 def redetect_face(image: AnalysisImage, box: Sequence[float]) -> Face | None:
     """The face nearest the centre of ``box`` (analysis px) found by the short-range detector in a crop
     around it, in analysis px, with the size of ``box``; None when there is none within half the box width."""
     x0, y0, x1, y1 = (float(v) for v in box)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    side = REDETECT_CONTEXT * max(x1 - x0, y1 - y0, 1.0)
-    scale = REDETECT_PX / side
-    left, top = cx - side / 2, cy - side / 2
-    matrix = np.float32([[scale, 0, -scale * left], [0, scale, -scale * top]])
-    crop = cv2.warpAffine(np.ascontiguousarray(image.uint8[..., :3]), matrix, (REDETECT_PX, REDETECT_PX),
-                          flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    crop, scale, left, top = square_crop(image, box, REDETECT_CONTEXT, REDETECT_PX, cv2.INTER_LINEAR)
     with _REDETECT_LOCK:
         result = _short_range_detector().process(crop)
         found = []
@@ -828,14 +838,7 @@ def face_mesh(image: AnalysisImage, box: Sequence[float]) -> np.ndarray | None:
     x0, y0, x1, y1 = (float(v) for v in box)
 
     def compute() -> np.ndarray | None:
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        side = MESH_CONTEXT * max(x1 - x0, y1 - y0, 1.0)
-        scale = MESH_PX / side
-        left, top = cx - side / 2, cy - side / 2
-        matrix = np.float32([[scale, 0, -scale * left], [0, scale, -scale * top]])
-        crop = cv2.warpAffine(np.ascontiguousarray(image.uint8[..., :3]), matrix, (MESH_PX, MESH_PX),
-                              flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC,
-                              borderMode=cv2.BORDER_REPLICATE)
+        crop, scale, left, top = square_crop(image, box, MESH_CONTEXT, MESH_PX, cv2.INTER_CUBIC)
         with _MESH_LOCK:
             result = _face_mesh_model().process(crop)
             if not result.multi_face_landmarks:
