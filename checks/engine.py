@@ -145,8 +145,8 @@ LONGEST_FIRST = ("identity_drift", "hand_malformed", "subject_cropped", "mask_sp
 def check_threads() -> int:
     """How many threads one run of the checks uses: ``FIXLOOP_CHECK_THREADS`` when set (at most
     ``MAX_CHECK_THREADS``), else 1. Off by default: on the shared 2-core machine (load 5-10) two
-    threads gave 3 % wall time back at best and cost 6-15 % more CPU (one reason: dlib's descriptor
-    holds Python's GIL). The reports are the same either way: every shared analysis is computed once
+    threads gave 3 % wall time back at best and cost 6-15 % more CPU (measured while dlib's own
+    descriptor, which holds Python's GIL, still ran; it runs in numpy now, checks/dlib_resnet.py). The reports are the same either way: every shared analysis is computed once
     and is a function of the pixels alone."""
     value = os.environ.get(CHECK_THREADS_ENV, "").strip()
     try:
