@@ -31,7 +31,8 @@ into the convolution before it (exact up to float rounding).
 
 from __future__ import annotations
 
-import re
+import mmap
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -92,7 +93,8 @@ def _read_tensor(data: bytes, pos: int) -> tuple[np.ndarray, int]:
     count = int(np.prod(dims))
     if count <= 0 or pos + 4 * count > len(data):
         raise NotDlibDescriptor(f"a tensor of {dims} at byte {pos} runs past the end of the file (cut short?)")
-    values = np.frombuffer(data, dtype="<f4", count=count, offset=pos).astype(np.float32)
+    # a view into the file's bytes (no copy: load() folds it into the layer it belongs to)
+    values = np.frombuffer(data, dtype="<f4", count=count, offset=pos)
     return values, pos + 4 * count
 
 
@@ -116,16 +118,20 @@ def _conv(params: np.ndarray, affine: np.ndarray, inputs: int, outputs: int, siz
         raise NotDlibDescriptor(f"a {size}x{size} convolution {inputs}->{outputs} has {params.size} parameters "
                                 f"and its affine layer {affine.size}")
     gamma, beta = affine[:outputs], affine[outputs:]
-    weights = params[:filters].reshape(outputs, inputs, size, size) * gamma[:, None, None, None]
     # rows of (kernel row, kernel col, input channel), the order of _convolve's columns
-    return Conv(weights=np.ascontiguousarray(weights.transpose(2, 3, 1, 0).reshape(size * size * inputs, outputs)),
+    weights = np.empty((size, size, inputs, outputs), dtype=np.float32)
+    np.multiply(params[:filters].reshape(outputs, inputs, size, size).transpose(2, 3, 1, 0), gamma, out=weights)
+    return Conv(weights=weights.reshape(size * size * inputs, outputs),
                 bias=(params[filters:] * gamma + beta).astype(np.float32), size=size, stride=stride)
 
 
 @lru_cache(maxsize=4)
 def load(path: str | Path) -> Network:
     """The network of a ``dlib_face_recognition_resnet_model_v1.dat`` file (read once per process)."""
-    data = Path(path).read_bytes()
+    with open(path, "rb") as handle:  # mapped, not read: the tensors are views until folded
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise NotDlibDescriptor(f"{path} is empty, not dlib's ResNet face descriptor")
+        data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     marker = b"input_rgb_image_sized"
     at = data.find(bytes([0x01, len(marker)]) + marker)
     if at < 0 or b"loss_metric" not in data[:64]:
@@ -152,7 +158,7 @@ def load(path: str | Path) -> Network:
     if fc_inputs != inputs:
         raise NotDlibDescriptor(f"{path}: the last layer takes {fc_inputs} inputs, not {inputs}")
     return Network(channel_mean=np.array(mean, dtype=np.float32), stem=stem, blocks=tuple(blocks),
-                   fc=fcs[0].reshape(inputs, 128))
+                   fc=np.array(fcs[0].reshape(inputs, 128), dtype=np.float32))
 
 
 def _windows(x: np.ndarray, size: int, stride: int, padding: int) -> np.ndarray:
