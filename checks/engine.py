@@ -35,6 +35,7 @@ from typing import Sequence
 
 import fixloop.checks.all  # noqa: F401  (registers every check)
 from fixloop.checks.base import REGISTRY, CheckSkipped, Finding
+from fixloop.checks.blas import one_blas_thread
 from fixloop.checks.context import CheckContext
 from fixloop.checks.geometry import correlation
 from fixloop.checks.policy import Policy, load_policy
@@ -75,17 +76,18 @@ def run_checks(
     started = time.perf_counter() if started is None else started
     specs = [REGISTRY.get(name) for name in names] if names else list(REGISTRY)
     specs = [spec for spec in specs if names or policy.params(spec.name).enabled]
-    _link_same_content(ctx)
-    threads = min(check_threads(), len(specs))
-    if threads > 1:
-        # longest first, so the long model checks overlap each other and the short ones fill in
-        order = sorted(range(len(specs)), key=lambda i: LONGEST_FIRST.index(specs[i].name)
-                       if specs[i].name in LONGEST_FIRST else len(LONGEST_FIRST))
-        with ThreadPoolExecutor(threads, thread_name_prefix="fixloop-check") as pool:
-            done = dict(zip(order, pool.map(lambda i: _run_one(ctx, specs[i], policy), order)))
-        results = [done[i] for i in range(len(specs))]
-    else:
-        results = [_run_one(ctx, spec, policy) for spec in specs]
+    with one_blas_thread():  # OpenBLAS's spinning threads cost more CPU than they save here (checks/blas.py)
+        _link_same_content(ctx)
+        threads = min(check_threads(), len(specs))
+        if threads > 1:
+            # longest first, so the long model checks overlap each other and the short ones fill in
+            order = sorted(range(len(specs)), key=lambda i: LONGEST_FIRST.index(specs[i].name)
+                           if specs[i].name in LONGEST_FIRST else len(LONGEST_FIRST))
+            with ThreadPoolExecutor(threads, thread_name_prefix="fixloop-check") as pool:
+                done = dict(zip(order, pool.map(lambda i: _run_one(ctx, specs[i], policy), order)))
+            results = [done[i] for i in range(len(specs))]
+        else:
+            results = [_run_one(ctx, spec, policy) for spec in specs]
     findings: list[Finding] = [f for _, found in results for f in found]
     runs: list[CheckRun] = [run for run, _ in results]
     findings.sort(key=lambda f: f.sort_key)
