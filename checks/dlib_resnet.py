@@ -154,9 +154,8 @@ def load(path: str | Path) -> Network:
         second = _conv(convs[2 + 2 * i], affines[2 + 2 * i], filters, filters, 3, 1)
         blocks.append((first, second))
         inputs = filters
-    fc_inputs = fcs[0].size // 128
-    if fc_inputs != inputs:
-        raise NotDlibDescriptor(f"{path}: the last layer takes {fc_inputs} inputs, not {inputs}")
+    if fcs[0].size != inputs * 128:
+        raise NotDlibDescriptor(f"{path}: the last layer has {fcs[0].size} weights, not {inputs} x 128")
     return Network(channel_mean=np.array(mean, dtype=np.float32), stem=stem, blocks=tuple(blocks),
                    fc=np.array(fcs[0].reshape(inputs, 128), dtype=np.float32))
 
