@@ -1,7 +1,7 @@
 """dlib's ResNet face descriptor, read from its own model file and run in numpy.
 
-``dlib-bin`` is built without BLAS, so its ``compute_face_descriptor`` spends about 180 ms on one
-150 px face chip here, the largest single cost of a warm check. The network is small (29 convolutions,
+``dlib-bin`` is built without BLAS, so its ``compute_face_descriptor`` spends 65-90 ms on one 150 px
+face chip here on a quiet machine (about 180 ms under load), the largest single cost of a warm check. The network is small (29 convolutions,
 about 0.3 GMAC), so the same weights run through numpy's OpenBLAS matrix products in a few
 milliseconds and give the same 128 numbers (``tests/test_dlib_resnet.py`` compares both on every face
 of the shared photos; the largest difference is float rounding).
